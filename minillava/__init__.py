@@ -1,0 +1,33 @@
+"""minillava: LLaVA-1.5 in a handful of readable PyTorch modules.
+
+    model, processor = minillava.load("path/to/llava-1.5-7b-hf")
+    inputs = processor(text="USER: <image>\\nWhat is this? ASSISTANT:", images=photo)
+    logits = model(**inputs)  # (1, T, vocab), equal to transformers' LlavaForConditionalGeneration
+"""
+from pathlib import Path
+
+from .config import LlavaConfig, TextConfig, VisionConfig
+from .errors import (CheckpointError, ConfigError, DeviceError, GenerationError, ImageError, MinillavaError,
+                     PromptError, TokenizerError)
+from .llava import Llava
+
+DEMO = Path(__file__).parent / "demo"  # the tiny LLaVA minillava trains itself (see minillava/train.py)
+
+
+def load(path=None, device="cpu", dtype=None, progress=False):
+    """Load a llava-hf checkpoint folder (the embedded demo when `path` is None): (model, processor)."""
+    path = Path(path) if path is not None else DEMO
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such checkpoint folder")
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: expected a checkpoint folder (config.json, *.safetensors, tokenizer files), got a file")
+    model = Llava.from_pretrained(path, device=device, dtype=dtype, progress=progress)
+    try:
+        from .processor import Processor
+    except ImportError:  # the processor module is optional while the package is being assembled
+        return model, None
+    return model, Processor.from_pretrained(path, config=model.config)
+
+
+__all__ = ["load", "Llava", "LlavaConfig", "TextConfig", "VisionConfig", "MinillavaError", "ConfigError",
+           "CheckpointError", "TokenizerError", "ImageError", "PromptError", "GenerationError", "DeviceError", "DEMO"]

@@ -1,0 +1,117 @@
+"""The CLIP vision tower (ViT-L/14 at 336 px for LLaVA-1.5).
+
+Radford et al. 2021, "Learning Transferable Visual Models From Natural Language Supervision";
+matches `CLIPVisionModel` in transformers' models/clip/modeling_clip.py. Module names mirror the
+checkpoint keys `vision_tower.vision_model.*`, including CLIP's own typo `pre_layrnorm`.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import VisionConfig
+
+
+def quick_gelu(x):
+    # OpenAI CLIP was trained with this sigmoid approximation of GELU, so the weights expect it
+    return x * torch.sigmoid(1.702 * x)
+
+
+class CLIPVisionEmbeddings(nn.Module):
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        D, P = cfg.hidden_size, cfg.patch_size
+        self.class_embedding = nn.Parameter(torch.empty(D))
+        self.patch_embedding = nn.Conv2d(cfg.num_channels, D, kernel_size=P, stride=P, bias=False)
+        self.position_embedding = nn.Embedding(cfg.num_patches + 1, D)  # +1 for the class token
+        self.image_size = cfg.image_size
+
+    def forward(self, pixel_values):  # (B, 3, H, W)
+        B, _, H, W = pixel_values.shape
+        if H != self.image_size or W != self.image_size:
+            # transformers raises too: LLaVA-1.5 never interpolates position embeddings
+            raise ValueError(f"pixel_values are {H}x{W}, the vision tower expects {self.image_size}x{self.image_size}")
+        w = self.patch_embedding.weight
+        x = self.patch_embedding(pixel_values.to(device=w.device, dtype=w.dtype))  # (B, D, H/P, W/P)
+        x = x.flatten(2).transpose(1, 2)  # (B, n_patches, D), patches in row-major order
+        cls = self.class_embedding.expand(B, 1, -1)
+        x = torch.cat([cls, x], dim=1)  # (B, 1 + n_patches, D)
+        return x + self.position_embedding.weight
+
+
+class CLIPAttention(nn.Module):
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        D = cfg.hidden_size
+        self.n_heads, self.head_dim = cfg.num_attention_heads, D // cfg.num_attention_heads
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(D, D) for _ in range(4))
+
+    def forward(self, x):  # (B, N, D)
+        B, N, D = x.shape
+        q, k, v = (proj(x).view(B, N, self.n_heads, self.head_dim).transpose(1, 2)
+                   for proj in (self.q_proj, self.k_proj, self.v_proj))  # (B, n_heads, N, head_dim)
+        y = F.scaled_dot_product_attention(q, k, v)  # every patch sees every patch: no mask
+        return self.out_proj(y.transpose(1, 2).reshape(B, N, D))
+
+
+class CLIPMLP(nn.Module):
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+        self.act = quick_gelu if cfg.hidden_act == "quick_gelu" else F.gelu
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class CLIPEncoderLayer(nn.Module):
+    """Pre-norm transformer block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
+
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.self_attn = CLIPAttention(cfg)
+        self.layer_norm1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.mlp = CLIPMLP(cfg)
+        self.layer_norm2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+
+    def forward(self, x):
+        x = x + self.self_attn(self.layer_norm1(x))
+        return x + self.mlp(self.layer_norm2(x))
+
+
+class CLIPEncoder(nn.Module):
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(CLIPEncoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+
+
+class CLIPVisionTransformer(nn.Module):
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.embeddings = CLIPVisionEmbeddings(cfg)
+        self.pre_layrnorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.encoder = CLIPEncoder(cfg)
+        # Loaded (it is in every checkpoint) but never run: LLaVA takes an inner layer's output
+        self.post_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+
+
+class CLIPVisionModel(nn.Module):
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.vision_model = CLIPVisionTransformer(cfg)
+
+    def forward(self, pixel_values, layers):
+        """Hidden states at the given indices of the (num_hidden_layers + 1)-long hidden_states tuple.
+
+        Index 0 is the embeddings after `pre_layrnorm`; index i is the output of encoder layer i - 1.
+        LLaVA-1.5 takes index -2 = 23 (the penultimate layer: the paper found the last layer's
+        features too focused on the global, contrastive image summary). Layers after the deepest
+        requested index are skipped, since nothing reads them.
+        """
+        m = self.vision_model
+        x = m.pre_layrnorm(m.embeddings(pixel_values))  # (B, 1 + n_patches, D)
+        out = {0: x}
+        for i, layer in enumerate(m.encoder.layers[:max(layers)]):
+            x = layer(x)
+            out[i + 1] = x
+        return [out[i] for i in layers]

@@ -1,0 +1,194 @@
+"""The Llama decoder (Vicuna-v1.5 in LLaVA-1.5; Mistral in bakLlava), with grouped-query attention
+and a preallocated KV cache.
+
+Touvron et al. 2023, "Llama 2"; Su et al. 2021, "RoFormer" (rotary embeddings); Ainslie et al. 2023
+(grouped-query attention); Jiang et al. 2023, "Mistral 7B" (sliding window). Matches
+`LlamaForCausalLM` / `MistralForCausalLM` in transformers' models/llama/modeling_llama.py.
+Module names mirror the checkpoint keys `language_model.model.*` and `language_model.lm_head`.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import TextConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        # Normalise in fp32: in fp16 the mean of squares of 4096 activations overflows or loses digits.
+        # Cast back *before* the weight multiply, exactly as LlamaRMSNorm does.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def rotary_cos_sin(position_ids, head_dim, theta, dtype):
+    """cos and sin of the rotation angles, (B, T, head_dim), computed in fp32 then cast.
+
+    fp32 matters: in bf16 a position like 3000 times a frequency near 1 loses the fractional
+    part of the angle. Frequencies are recomputed here rather than kept in a buffer so that
+    `model.to(torch.float16)` can never round them (a known transformers pitfall).
+    """
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=position_ids.device)
+                                .float() / head_dim))  # (head_dim / 2,)
+    freqs = position_ids[..., None].float() * inv_freq  # (B, T, head_dim / 2)
+    emb = torch.cat([freqs, freqs], dim=-1)  # (B, T, head_dim): the half-split ("NeoX") layout
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rotary(x, cos, sin):  # x: (B, n_heads, T, head_dim); cos, sin: (B, T, head_dim)
+    cos, sin = cos[:, None], sin[:, None]
+    return x * cos + rotate_half(x) * sin
+
+
+class KVCache:
+    """Keys and values of every layer, allocated once for the whole run (no torch.cat per token).
+
+    Stores the n_kv_heads un-repeated heads: with GQA that is n_heads / n_kv_heads times smaller.
+    `length` is how many positions are filled; a forward pass writes its T new positions after it.
+    """
+
+    def __init__(self, cfg: TextConfig, batch_size, max_len, device, dtype):
+        shape = (batch_size, cfg.num_key_value_heads, max_len, cfg.head_dim)  # (B, n_kv_heads, max_len, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
+        self.max_len = max_len
+        self.length = 0
+
+    def update(self, layer, k, v):  # k, v: (B, n_kv_heads, T, head_dim)
+        start, T = self.length, k.shape[2]
+        if start + T > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions, {start} used, {T} more requested")
+        self.k[layer][:, :, start:start + T] = k
+        self.v[layer][:, :, start:start + T] = v
+        return self.k[layer][:, :, :start + T], self.v[layer][:, :, :start + T]
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, cfg: TextConfig, layer_idx):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        D, b = cfg.hidden_size, cfg.attention_bias
+        self.q_proj = nn.Linear(D, self.n_heads * self.head_dim, bias=b)
+        self.k_proj = nn.Linear(D, self.n_kv_heads * self.head_dim, bias=b)
+        self.v_proj = nn.Linear(D, self.n_kv_heads * self.head_dim, bias=b)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, D, bias=b)
+        self.layer_idx = layer_idx
+
+    def forward(self, x, cos, sin, mask, cache):  # x: (B, T, D)
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, n_heads, T, head_dim)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv_heads, T, head_dim)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)  # (B, n_kv_heads, S, head_dim), S = cached + T
+        # GQA: each group of n_heads / n_kv_heads consecutive query heads shares one KV head (transformers' repeat_kv)
+        gqa = self.n_kv_heads != self.n_heads
+        if mask is None:  # no padding, no window: plain causal (or a single new token, which sees everything)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=gqa)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+
+class LlamaMLP(nn.Module):
+    """SwiGLU (Shazeer 2020): down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        D, F_, b = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
+        self.gate_proj, self.up_proj, self.down_proj = nn.Linear(D, F_, bias=b), nn.Linear(D, F_, bias=b), nn.Linear(F_, D, bias=b)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, cfg: TextConfig, layer_idx):
+        super().__init__()
+        self.self_attn = LlamaAttention(cfg, layer_idx)
+        self.mlp = LlamaMLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x, cos, sin, mask, cache):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+def attention_mask_4d(attention_mask, start, T, sliding_window, device):
+    """Boolean (B, 1, T, S) mask, True where query start+t may attend to key s (S = start + T), or None.
+
+    Allowed iff s <= q (causal), key s is not padding, and s > q - window (Mistral's sliding window).
+    None means "plain causal", which lets SDPA use its fastest kernel.
+    """
+    S = start + T
+    padded = attention_mask is not None and not bool(attention_mask[:, :S].all())
+    windowed = sliding_window is not None and S > sliding_window
+    if not padded and not windowed:
+        return None
+    q = torch.arange(start, S, device=device)[:, None]  # (T, 1)
+    s = torch.arange(S, device=device)[None, :]  # (1, S)
+    allowed = s <= q
+    if windowed:
+        allowed = allowed & (s > q - sliding_window)
+    allowed = allowed[None, None]  # (1, 1, T, S)
+    if padded:
+        allowed = allowed & attention_mask[:, None, None, :S].bool()
+    # A left-pad query sees no key at all; SDPA would return NaN there, which the next layer's
+    # values would spread. Let such rows see everything (as transformers' sdpa_mask does): their
+    # outputs are never read, and no real token attends to a pad.
+    return allowed | ~allowed.any(-1, keepdim=True)
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = LlamaModel(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    def new_cache(self, batch_size, max_len, device=None, dtype=None):
+        w = self.lm_head.weight
+        return KVCache(self.config, batch_size, max_len, device or w.device, dtype or w.dtype)
+
+    def forward(self, inputs_embeds, attention_mask=None, position_ids=None, cache=None, logits_to_keep=0):
+        """inputs_embeds (B, T, D) -> logits (B, T', vocab) in the model dtype.
+
+        attention_mask: (B, S) with 1 for real tokens, 0 for padding, covering the cached positions
+        too (S = cache.length + T). position_ids default to cache.length + arange(T), like
+        transformers' forward (generation passes cumsum(mask) - 1 instead, see generate.py).
+        logits_to_keep: 0 keeps all positions; n keeps the last n (generation needs only the last).
+        """
+        B, T, _ = inputs_embeds.shape
+        start = cache.length if cache is not None else 0
+        if position_ids is None:
+            position_ids = torch.arange(start, start + T, device=inputs_embeds.device).expand(B, T)
+        cos, sin = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, inputs_embeds.dtype)
+        mask = attention_mask_4d(attention_mask, start, T, self.config.sliding_window, inputs_embeds.device)
+        x = inputs_embeds
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, mask, cache)
+        if cache is not None:
+            cache.length += T
+        x = self.model.norm(x[:, -logits_to_keep:] if logits_to_keep else x)
+        return self.lm_head(x)  # (B, T', vocab)

@@ -1,0 +1,24 @@
+"""The multimodal projector: maps CLIP features into the decoder's embedding space.
+
+LLaVA-1.5 (Liu et al. 2023, "Improved Baselines with Visual Instruction Tuning", section 3.2)
+replaced LLaVA's single linear layer with this two-layer MLP ("mlp2x_gelu").
+Matches `LlavaMultiModalProjector` in transformers' models/llava/modeling_llava.py.
+"""
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import LlavaConfig
+
+
+class LlavaMultiModalProjector(nn.Module):
+    def __init__(self, cfg: LlavaConfig):
+        super().__init__()
+        # a list of feature layers is concatenated along the channel axis before projecting
+        d_in = cfg.vision_config.hidden_size * len(cfg.feature_layers)
+        d_out = cfg.text_config.hidden_size
+        self.linear_1 = nn.Linear(d_in, d_out, bias=cfg.multimodal_projector_bias)
+        self.linear_2 = nn.Linear(d_out, d_out, bias=cfg.multimodal_projector_bias)
+
+    def forward(self, features):  # (n_images, n_tokens, d_in)
+        # exact erf GELU here (transformers' ACT2FN["gelu"]), unlike the tower's quick_gelu
+        return self.linear_2(F.gelu(self.linear_1(features)))  # (n_images, n_tokens, d_out)

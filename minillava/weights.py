@@ -1,0 +1,142 @@
+"""Reading llava-hf safetensors checkpoints into a model built on the meta device.
+
+The module tree mirrors the hub keys, so loading is a strict one-to-one assignment: every tensor in
+the files is used, every parameter is filled, and shapes must agree. The only renaming is the few
+layout aliases transformers itself writes or accepts (REFERENCE.md section 2). Tensors come from
+mmapped files and are assigned without a copy when the dtype already matches, so loading needs
+about one copy of the weights in memory, not two (the gpt-fast / `low_cpu_mem_usage` pattern).
+"""
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from .errors import CheckpointError
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth", "model.ckpt")
+
+
+def weight_files(folder):
+    """The safetensors files of a checkpoint folder: the shards named by the index, or the single file."""
+    folder = Path(folder)
+    if (folder / INDEX).is_file():
+        try:
+            index = json.loads((folder / INDEX).read_text(encoding="utf-8"))
+            shards = sorted(set(index["weight_map"].values()))
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{folder / INDEX}: not a valid safetensors index "
+                                  f"(expected {{'weight_map': {{tensor: shard}}}}): {e!r}") from None
+        if not shards or not all(isinstance(s, str) for s in shards):
+            raise CheckpointError(f"{folder / INDEX}: weight_map names no shard files")
+        for s in shards:
+            if Path(s).name != s:  # the index may only name files in this folder
+                raise CheckpointError(f"{folder / INDEX}: shard name {s!r} is not a file name in {folder}")
+            if not (folder / s).is_file():
+                raise CheckpointError(f"{folder / INDEX} names shard {s}, which is missing from {folder} "
+                                      f"(incomplete download?)")
+        return [folder / s for s in shards]
+    if (folder / SINGLE).is_file():
+        return [folder / SINGLE]
+    pickles = [p for p in PICKLES if (folder / p).exists()] + [p.name for p in folder.glob("pytorch_model-*.bin")]
+    if pickles:
+        raise CheckpointError(f"{folder}: holds {pickles[0]}, a PyTorch pickle. minillava reads safetensors only and "
+                              f"never unpickles a checkpoint (for the original liuhaotian LLaVA checkpoints use "
+                              f"`minillava convert-original`)")
+    raise CheckpointError(f"{folder}: no {SINGLE} or {INDEX} found (is this a llava-hf checkpoint folder?)")
+
+
+def canonical_key(key):
+    """Map any layout transformers writes onto the hub layout our module tree mirrors; None = drop.
+
+    hub (llava-hf):        language_model.model.*, language_model.lm_head.*, vision_tower.vision_model.*, multi_modal_projector.*
+    transformers 5 fresh:  vision_tower.embeddings.* (no "vision_model.")
+    in-memory names:       model.language_model.*, lm_head.*, model.vision_tower.*, model.multi_modal_projector.*
+    """
+    if key.endswith(("position_ids", "rotary_emb.inv_freq")):  # buffers some exporters saved; we recompute them
+        return None
+    for old, new in (("model.language_model.model.", "language_model.model."),  # duplicated .model.model (5.10-5.23 bug)
+                     ("language_model.model.model.", "language_model.model."),
+                     ("model.language_model.", "language_model.model."),
+                     ("lm_head.", "language_model.lm_head."),
+                     ("model.vision_tower.", "vision_tower."),
+                     ("model.multi_modal_projector.", "multi_modal_projector.")):
+        if key.startswith(old):
+            key = new + key[len(old):]
+            break
+    if key.startswith("vision_tower.") and not key.startswith("vision_tower.vision_model."):
+        key = "vision_tower.vision_model." + key[len("vision_tower."):]
+    return key
+
+
+def _open(path):
+    try:
+        return safe_open(str(path), framework="pt", device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from None
+
+
+def load_weights(model, folder, device="cpu", dtype=torch.float32, progress=False):
+    """Fill the parameters of `model` (built on the meta device) from the checkpoint in `folder`."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    handles, where = [], {}  # where: canonical key -> (handle, key in the file, file)
+    for path in weight_files(folder):
+        f = _open(path)
+        handles.append(f)
+        for key in f.keys():
+            name = canonical_key(key)
+            if name is None:
+                continue
+            if name in where:
+                raise CheckpointError(f"{path}: tensor {key!r} is also stored as {where[name][1]!r} in {where[name][2].name}")
+            where[name] = (f, key, path)
+    if tied:  # a tied lm_head is the embedding matrix; a stored copy is allowed but not needed
+        where.pop("language_model.lm_head.weight", None)
+        expected.pop("language_model.lm_head.weight", None)
+    unexpected = sorted(set(where) - set(expected))
+    missing = sorted(set(expected) - set(where))
+    if unexpected or missing:
+        msg = [f"{folder}: the checkpoint does not match the model built from config.json."]
+        if missing:
+            msg.append(f"{len(missing)} parameter(s) missing from the files, e.g. {missing[:3]}")
+        if unexpected:
+            msg.append(f"{len(unexpected)} tensor(s) in the files fit no parameter, e.g. "
+                       f"{[where[k][1] for k in unexpected[:3]]}")
+        raise CheckpointError(" ".join(msg))
+    state = {}
+    for i, (name, shape) in enumerate(expected.items()):
+        f, key, path = where[name]
+        try:
+            stored = tuple(f.get_slice(key).get_shape())
+            if stored != shape:
+                raise CheckpointError(f"{path.name}: tensor {key!r} has shape {list(stored)}, "
+                                      f"config.json implies {list(shape)}")
+            t = f.get_tensor(key)
+        except SafetensorError as e:
+            raise CheckpointError(f"{path}: cannot read tensor {key!r}: {e}") from None
+        if not t.is_floating_point():
+            raise CheckpointError(f"{path.name}: tensor {key!r} has dtype {t.dtype}, expected a floating-point tensor")
+        state[name] = t.to(device=device, dtype=dtype)  # no copy when both already match
+        if progress:
+            _progress_bar(i + 1, len(expected))
+    if tied:
+        state["language_model.lm_head.weight"] = state["language_model.model.embed_tokens.weight"]
+    model.load_state_dict(state, strict=True, assign=True)
+    if tied:  # assign=True replaced both parameters; make them one again
+        model.language_model.lm_head.weight = model.language_model.model.embed_tokens.weight
+    for p in model.parameters():
+        p.requires_grad_(False)
+    del handles  # the mmapped pages stay alive through the tensors that use them
+    return model
+
+
+def _progress_bar(done, total, width=30):
+    n = width * done // total
+    sys.stderr.write(f"\rloading weights [{'#' * n}{'.' * (width - n)}] {done}/{total} tensors")
+    if done == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
