@@ -1,0 +1,135 @@
+"""Generation: prefill the prompt once, then decode one token at a time through the KV cache.
+
+Three pieces a reader can take one at a time: `prefill` (the whole prompt, image included, in one
+pass), `decode_step` (one new token per sequence), `sample` (greedy, temperature, top-k, top-p).
+`generate` strings them together and reproduces transformers' `generate` (greedy tokens identical,
+positions as it computes them, EOS handling as it does); `stream` yields text as it is decoded.
+"""
+import torch
+
+from .errors import GenerationError, PromptError
+
+
+def positions_from_mask(attention_mask):
+    """Position of each token counted over real tokens only: a left-padded row starts at 0 at its
+    first real token, as transformers' generate computes them (cumsum(mask) - 1, pads set to 0)."""
+    pos = attention_mask.long().cumsum(-1) - 1
+    return pos.masked_fill(attention_mask == 0, 0)
+
+
+@torch.no_grad()
+def prefill(model, input_ids, pixel_values, attention_mask, cache):
+    """Run the prompt (B, T) through the model, filling the cache; return last-position logits (B, vocab) in fp32."""
+    logits = model(input_ids, pixel_values, attention_mask=attention_mask,
+                   position_ids=positions_from_mask(attention_mask), cache=cache, logits_to_keep=1)
+    return logits[:, -1].float()  # only the last position is projected onto the vocabulary
+
+
+@torch.no_grad()
+def decode_step(model, tokens, attention_mask, cache):
+    """Feed one new token per sequence (B,) and return the next logits (B, vocab) in fp32.
+
+    `attention_mask` (B, S) already includes the new token; its position is the row's count of
+    real tokens so far, minus one.
+    """
+    position_ids = attention_mask.long().sum(-1, keepdim=True) - 1  # (B, 1)
+    logits = model(tokens[:, None], attention_mask=attention_mask, position_ids=position_ids, cache=cache)
+    return logits[:, -1].float()
+
+
+def sample(logits, temperature=0.0, top_k=0, top_p=1.0, generator=None):
+    """Pick the next token from logits (B, vocab): argmax when temperature is 0, else sample from
+    softmax(logits / temperature) restricted to the top_k tokens and to the smallest set whose
+    probability reaches top_p (Holtzman et al. 2019, "nucleus sampling")."""
+    if temperature == 0:
+        return logits.argmax(-1)  # ties go to the lowest id, as in transformers
+    logits = logits / temperature
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= top_p  # mass before this token already reaches top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def check_settings(max_new_tokens, temperature, top_k, top_p):
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise GenerationError(f"max_new_tokens = {max_new_tokens!r}, expected an integer >= 1")
+    if not isinstance(temperature, (int, float)) or not temperature >= 0:
+        raise GenerationError(f"temperature = {temperature!r}, expected a number >= 0 (0 means greedy)")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise GenerationError(f"top_k = {top_k!r}, expected an integer >= 0 (0 means no top-k filtering)")
+    if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise GenerationError(f"top_p = {top_p!r}, expected a number in (0, 1]")
+
+
+def generate_tokens(model, input_ids, pixel_values=None, attention_mask=None, max_new_tokens=32, temperature=0.0,
+                    top_k=0, top_p=1.0, eos_token_id=None, pad_token_id=None, generator=None, cache=None):
+    """Yield the next token of every sequence, (B,), step by step (the engine behind generate and stream).
+
+    eos_token_id: an id or a list of ids; None takes the model config's (`</s>` = 2 for Llama).
+    Once a row has produced EOS it yields pad_token_id, and iteration stops when every row is done.
+    A `cache` may be passed in (chat sessions keep theirs); by default one is allocated for exactly
+    prompt + max_new_tokens positions.
+    """
+    check_settings(max_new_tokens, temperature, top_k, top_p)
+    cfg = model.config
+    if input_ids.ndim != 2 or input_ids.shape[1] == 0:
+        raise PromptError(f"input_ids must be a non-empty (batch, length) tensor, got shape {tuple(input_ids.shape)}")
+    B, T = input_ids.shape
+    past = cache.length if cache is not None else 0
+    limit = cfg.text_config.max_position_embeddings
+    if past + T + max_new_tokens > limit:
+        raise PromptError(f"prompt of {past + T} tokens + max_new_tokens {max_new_tokens} = {past + T + max_new_tokens} "
+                          f"exceeds the context length {limit} (text_config.max_position_embeddings)")
+    eos = cfg.text_config.eos_token_id if eos_token_id is None else eos_token_id
+    eos = torch.tensor([eos] if isinstance(eos, int) else list(eos), device=model.device)
+    pad = pad_token_id if pad_token_id is not None else (cfg.pad_token_id if cfg.pad_token_id is not None else
+                                                         int(eos[0]) if len(eos) else 0)
+    device = model.device
+    input_ids = input_ids.to(device)
+    if attention_mask is None:
+        attention_mask = torch.ones(B, past + T, dtype=torch.long, device=device)
+    attention_mask = attention_mask.to(device)
+    if cache is None:
+        cache = model.new_cache(B, T + max_new_tokens)  # allocated once for the whole run
+    logits = prefill(model, input_ids, pixel_values, attention_mask, cache)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    for step in range(max_new_tokens):
+        token = sample(logits, temperature, top_k, top_p, generator)
+        token = torch.where(done, torch.full_like(token, pad), token)
+        done = done | torch.isin(token, eos)
+        yield token
+        if bool(done.all()) or step == max_new_tokens - 1:
+            return
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(B, 1)], dim=1)
+        logits = decode_step(model, token, attention_mask, cache)
+
+
+def generate(model, input_ids, pixel_values=None, attention_mask=None, max_new_tokens=32, temperature=0.0, top_k=0,
+             top_p=1.0, eos_token_id=None, pad_token_id=None, generator=None):
+    """The new tokens (B, new) after the prompt; temperature 0 is greedy. See generate_tokens."""
+    steps = list(generate_tokens(model, input_ids, pixel_values, attention_mask, max_new_tokens, temperature,
+                                 top_k, top_p, eos_token_id, pad_token_id, generator))
+    return torch.stack(steps, dim=1)
+
+
+def stream(model, processor, input_ids, pixel_values=None, attention_mask=None, skip_special_tokens=True, **kwargs):
+    """Yield the answer of a single prompt as text pieces, as soon as they are complete characters.
+
+    Llama's byte-fallback tokens split an emoji or a CJK character into several byte tokens; a
+    piece is only emitted once the decoded text no longer ends in the replacement character.
+    """
+    if input_ids.shape[0] != 1:
+        raise PromptError(f"stream takes one prompt, got a batch of {input_ids.shape[0]}")
+    ids, shown = [], ""
+    for token in generate_tokens(model, input_ids, pixel_values, attention_mask, **kwargs):
+        ids.append(int(token[0]))
+        text = processor.decode(ids, skip_special_tokens=skip_special_tokens)
+        if not text.endswith("\ufffd") and len(text) > len(shown):
+            yield text[len(shown):]
+            shown = text

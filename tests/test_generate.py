@@ -1,0 +1,108 @@
+"""Generation against transformers' `generate` on the same tiny checkpoints (fp32 CPU), and sampling."""
+import pytest
+import torch
+
+import checkpoints as C
+from minillava import GenerationError, Llava, PromptError
+from minillava.generate import generate, generate_tokens, sample
+from test_model import prompt
+
+N = 32
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gen")
+    out = {}
+    for name in ("mha", "mistral"):
+        folder = C.build(root / name, name, processor=False, seed=11)
+        out[name] = (Llava.from_pretrained(folder), C.reference(folder))
+    return out
+
+
+def hf_generate(ref, ids, pv=None, mask=None, eos=2):
+    extra = {"pixel_values": pv} if pv is not None else {}
+    out = ref.generate(input_ids=ids, attention_mask=mask, max_new_tokens=N, do_sample=False,
+                       eos_token_id=eos, pad_token_id=32001, **extra)
+    return out[:, ids.shape[1]:]
+
+
+@pytest.mark.parametrize("name", ["mha", "mistral"])
+@pytest.mark.parametrize("images", [0, 1])
+def test_greedy_matches_transformers(models, name, images):
+    ours, ref = models[name]
+    ids, pv = prompt(ours, images, text_len=20, seed=21 + images)
+    want = hf_generate(ref, ids, pv, eos=None)  # no EOS: all 32 tokens compared
+    got = generate(ours, ids, pv, max_new_tokens=N, eos_token_id=[])
+    assert got.shape == (1, N)
+    assert torch.equal(got, want)
+
+
+def test_greedy_left_padded_batch_matches_transformers(models):
+    """Prompts of different lengths and images, left-padded, each row stopping at its own EOS."""
+    ours, ref = models["mistral"]
+    rows = [prompt(ours, 1, text_len=n, seed=30 + n) for n in (12, 30, 21)]
+    T = max(r[0].shape[1] for r in rows)
+    ids = torch.cat([torch.cat([torch.full((1, T - r[0].shape[1]), 32001), r[0]], 1) for r in rows])
+    mask = (ids != 32001).long()
+    pv = torch.cat([r[1] for r in rows])
+    # pick as EOS a token the reference emits mid-way in one row, so early stopping is exercised
+    free = hf_generate(ref, ids, pv, mask, eos=None)
+    eos = int(free[1, 5])
+    want = hf_generate(ref, ids, pv, mask, eos=eos)
+    got = generate(ours, ids, pv, attention_mask=mask, max_new_tokens=N, eos_token_id=eos)
+    assert torch.equal(got, want[:, :got.shape[1]]) and (want[:, got.shape[1]:] == 32001).all()
+    assert (got[1, 6:] == 32001).all()  # the row that hit EOS is padded afterwards
+    # and each row alone gives the same tokens as inside the batch, up to its EOS
+    for i, (row_ids, row_pv) in enumerate(rows):
+        alone = generate(ours, row_ids, row_pv, max_new_tokens=N, eos_token_id=eos)
+        assert torch.equal(alone[0], got[i, :alone.shape[1]])
+
+
+def test_sampling_is_reproducible_with_a_seed(models):
+    ours, _ = models["mha"]
+    ids, pv = prompt(ours, 1, text_len=10, seed=40)
+    runs = [generate(ours, ids, pv, max_new_tokens=12, temperature=1.0, top_k=50, top_p=0.9, eos_token_id=[],
+                     generator=torch.Generator().manual_seed(s)) for s in (1, 1, 2)]
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0], runs[2])
+
+
+def test_top_k_and_top_p_on_hand_made_logits():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    g = torch.Generator().manual_seed(0)
+    draws = lambda **kw: {int(sample(logits, 1.0, generator=g, **kw)) for _ in range(300)}
+    assert draws() == {0, 1, 2, 3}
+    assert draws(top_k=2) == {0, 1}
+    assert draws(top_p=0.5) == {0}  # 0.5 alone reaches p = 0.5
+    assert draws(top_p=0.79) == {0, 1}
+    assert draws(top_p=0.81) == {0, 1, 2}
+    assert draws(top_k=3, top_p=0.7) == {0, 1}
+    assert int(sample(logits, 0.0)) == 0  # temperature 0 is argmax
+    # frequencies follow the probabilities
+    counts = torch.bincount(torch.stack([sample(logits, 1.0, generator=g) for _ in range(4000)]).flatten(), minlength=4)
+    assert torch.allclose(counts / 4000, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.03)
+
+
+@pytest.mark.parametrize("kwargs,pattern", [
+    ({"max_new_tokens": 0}, "max_new_tokens = 0"),
+    ({"max_new_tokens": -3}, "max_new_tokens = -3"),
+    ({"temperature": -0.5}, "temperature = -0.5"),
+    ({"top_p": 0.0}, "top_p = 0.0"),
+    ({"top_p": 1.5}, "top_p = 1.5"),
+    ({"top_k": -1}, "top_k = -1"),
+])
+def test_invalid_settings(models, kwargs, pattern):
+    ours, _ = models["mha"]
+    ids, _ = prompt(ours, 0, text_len=5)
+    with pytest.raises(GenerationError, match=pattern):
+        generate(ours, ids, **kwargs)
+
+
+def test_prompt_beyond_context_is_refused(models):
+    ours, _ = models["mha"]
+    ids = torch.ones(1, 4000, dtype=torch.long)
+    with pytest.raises(PromptError, match=r"4000 tokens \+ max_new_tokens 100 = 4100 exceeds the context length 4096"):
+        next(generate_tokens(ours, ids, max_new_tokens=100))
+    with pytest.raises(PromptError, match="non-empty"):
+        generate(ours, torch.ones(1, 0, dtype=torch.long))
