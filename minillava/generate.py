@@ -19,9 +19,14 @@ def positions_from_mask(attention_mask):
 
 @torch.no_grad()
 def prefill(model, input_ids, pixel_values, attention_mask, cache):
-    """Run the prompt (B, T) through the model, filling the cache; return last-position logits (B, vocab) in fp32."""
-    logits = model(input_ids, pixel_values, attention_mask=attention_mask,
-                   position_ids=positions_from_mask(attention_mask), cache=cache, logits_to_keep=1)
+    """Run the prompt (B, T) through the model, filling the cache; return last-position logits (B, vocab) in fp32.
+
+    `attention_mask` covers what the cache already holds plus the T new tokens (a chat turn
+    continues a conversation), so the new tokens' positions are the last T of the mask's.
+    """
+    position_ids = positions_from_mask(attention_mask)[:, -input_ids.shape[1]:]
+    logits = model(input_ids, pixel_values, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                   logits_to_keep=1)
     return logits[:, -1].float()  # only the last position is projected onto the vocabulary
 
 
@@ -119,16 +124,22 @@ def generate(model, input_ids, pixel_values=None, attention_mask=None, max_new_t
 
 
 def stream(model, processor, input_ids, pixel_values=None, attention_mask=None, skip_special_tokens=True, **kwargs):
-    """Yield the answer of a single prompt as text pieces, as soon as they are complete characters.
+    """Yield the answer of a single prompt as text pieces, as soon as they are complete characters."""
+    if input_ids.shape[0] != 1:
+        raise PromptError(f"stream takes one prompt, got a batch of {input_ids.shape[0]}")
+    tokens = generate_tokens(model, input_ids, pixel_values, attention_mask, **kwargs)
+    yield from decode_pieces(processor, (int(t[0]) for t in tokens), skip_special_tokens)
+
+
+def decode_pieces(processor, token_ids, skip_special_tokens=True, out=None):
+    """Turn a stream of token ids into a stream of text pieces (appending the ids to `out` if given).
 
     Llama's byte-fallback tokens split an emoji or a CJK character into several byte tokens; a
     piece is only emitted once the decoded text no longer ends in the replacement character.
     """
-    if input_ids.shape[0] != 1:
-        raise PromptError(f"stream takes one prompt, got a batch of {input_ids.shape[0]}")
-    ids, shown = [], ""
-    for token in generate_tokens(model, input_ids, pixel_values, attention_mask, **kwargs):
-        ids.append(int(token[0]))
+    ids, shown = ([] if out is None else out), ""
+    for token in token_ids:
+        ids.append(token)
         text = processor.decode(ids, skip_special_tokens=skip_special_tokens)
         if not text.endswith("\ufffd") and len(text) > len(shown):
             yield text[len(shown):]

@@ -73,6 +73,17 @@ class KVCache:
         self.v[layer][:, :, start:start + T] = v
         return self.k[layer][:, :, :start + T], self.v[layer][:, :, :start + T]
 
+    def resized(self, max_len):
+        """A cache with room for max_len positions holding the same filled prefix (chat sessions grow theirs)."""
+        B, n_kv, _, hd = self.k[0].shape
+        new = KVCache.__new__(KVCache)
+        new.k = [x.new_zeros(B, n_kv, max_len, hd) for x in self.k]
+        new.v = [x.new_zeros(B, n_kv, max_len, hd) for x in self.v]
+        new.max_len, new.length = max_len, self.length
+        for old, fresh in zip(self.k + self.v, new.k + new.v):
+            fresh[:, :, :self.length] = old[:, :, :self.length]
+        return new
+
 
 class LlamaAttention(nn.Module):
     def __init__(self, cfg: TextConfig, layer_idx):
