@@ -1,0 +1,427 @@
+"""The original LLaVA-1.5 release (liuhaotian/llava-v1.5-7b, haotian-liu/LLaVA): load it, convert it,
+and prompt it the way the original repository does.
+
+An original checkpoint is a Vicuna `LlavaLlamaForCausalLM` saved as PyTorch pickles
+(`pytorch_model-0000N-of-0000M.bin` + `pytorch_model.bin.index.json`) with keys `model.layers.N.*`,
+`lm_head.weight` and `model.mm_projector.{0,2}.*`. The CLIP tower is not in it: LLaVA loads it at run
+time from `mm_vision_tower` (openai/clip-vit-large-patch14-336), so you pass that folder too (its
+`model.safetensors`, else its `pytorch_model.bin`; the text tower and projections in it are skipped).
+REFERENCE.md section 3 has the details.
+
+    model = load_original("llava-v1.5-7b", "clip-vit-large-patch14-336")   # a minillava Llava
+    convert_original("llava-v1.5-7b", "clip-vit-large-patch14-336", "llava-v1.5-7b-hf")  # a llava-hf folder
+
+Vocabulary. The original has 32000 rows and no `<image>` row: the image is spliced in at a -200
+placeholder. minillava (like llava-hf) marks image positions with a real id, so both functions pad
+`embed_tokens` and `lm_head` exactly as llava-hf did: 32000 + 2 rounded up to a multiple of 64 = 32064
+rows, `<image>` = 32000, `<pad>` = 32001 (same ids, same config, same tokenizer files as llava-hf).
+The new rows are the *mean* of the old rows (llava-hf sampled them around that mean with a tiny
+covariance). A mean `lm_head` row scores the mean of the 32000 real logits, which is never above
+their maximum, so greedy decoding can never pick a padded id, and `logits[..., :32000]` are exactly
+the original model's logits. The embedding rows are never read: `<image>` positions are overwritten
+by image features and `<pad>` positions are masked.
+
+Original mode (`prepare`): the vicuna_v1 conversation with its system prompt and `</s>` after each
+answer, the prompt tokenized chunk by chunk around `<image>` (`tokenize_original`), and images padded
+to a square of the mean colour before the usual CLIP resize and crop (the original `expand2square`).
+
+Pickles: `.bin` files are read only here, only with `torch.load(weights_only=True)`, which refuses
+anything but tensors and plain containers; whatever is not a dict of name -> tensor is refused too.
+"""
+import copy
+import json
+import math
+import pickle
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .chat import format_conversation
+from .config import LlavaConfig, VisionConfig
+from .errors import CheckpointError, ConfigError, PromptError, TokenizerError
+from .llava import Llava, resolve_device, resolve_dtype
+
+IMAGE_TOKEN = "<image>"
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+# LlamaConfig fields an original config.json carries that belong in llava-hf's text_config
+TEXT_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+             "head_dim", "max_position_embeddings", "rms_norm_eps", "rope_theta", "rope_scaling", "hidden_act",
+             "attention_bias", "mlp_bias", "bos_token_id", "eos_token_id", "torch_dtype")
+# What the openai CLIP checkpoint holds besides the vision tower (LLaVA never uses it), and a buffer
+CLIP_UNUSED = ("text_model.", "logit_scale", "visual_projection.weight", "text_projection.weight",
+               "vision_model.embeddings.position_ids")
+
+
+# --- reading the files ---------------------------------------------------------------------------
+
+def read_bin(path):
+    """A `.bin` state dict, unpickled with weights_only=True (mmapped when the file format allows)."""
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:  # mmap needs the zip format torch >= 1.6 writes; older files load without
+            if "mmap" not in str(e):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # torch's message suggests weights_only=False: exactly what we never do
+        reason = next((line.strip() for line in str(e).splitlines() if "nsupported" in line), "a non-tensor object")
+        reason = reason.removeprefix("WeightsUnpickler error: ").split(". Please")[0]
+        raise CheckpointError(f"{path}: refused to unpickle: not just tensors ({reason}); minillava reads .bin "
+                              f"files with torch.load(weights_only=True) and never runs pickled code") from None
+    except Exception as e:  # truncated, corrupt, not a torch file at all
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint: {type(e).__name__}: {e}") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict of tensor name -> tensor, found a {type(obj).__name__}")
+    for key, value in obj.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: expected a dict of tensor name -> tensor, found {key!r} -> "
+                                  f"{type(value).__name__}")
+    return obj
+
+
+def _read_json(path, default=None):
+    """A JSON file; `default` (when given) for a missing file, else ConfigError."""
+    if default is not None and not Path(path).is_file():
+        return default
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+
+
+def _bin_files(folder):
+    """The `.bin` shards named by pytorch_model.bin.index.json, or the single pytorch_model.bin."""
+    index = folder / "pytorch_model.bin.index.json"
+    if index.is_file():
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{index}: expected {{'weight_map': {{tensor: shard}}}}")
+        shards = sorted(set(weight_map.values()))
+        for s in shards:
+            if not isinstance(s, str) or Path(s).name != s or not (folder / s).is_file():
+                raise CheckpointError(f"{index} names shard {s!r}, which is not a file in {folder}")
+        return [folder / s for s in shards]
+    if (folder / "pytorch_model.bin").is_file():
+        return [folder / "pytorch_model.bin"]
+    raise CheckpointError(f"{folder}: no pytorch_model.bin.index.json or pytorch_model.bin "
+                          f"(is this an original liuhaotian LLaVA folder?)")
+
+
+def original_key(key):
+    """Original LLaVA key -> llava-hf hub key; None = a buffer we recompute (RoPE inv_freq)."""
+    if key.endswith("rotary_emb.inv_freq"):
+        return None
+    for old, new in (("model.mm_projector.0.", "multi_modal_projector.linear_1."),
+                     ("model.mm_projector.2.", "multi_modal_projector.linear_2."),
+                     ("model.", "language_model.model."), ("lm_head.", "language_model.lm_head.")):
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key  # unknown: left as is, so the strict check names it
+
+
+def clip_key(key):
+    """openai CLIP key -> llava-hf hub key; None = a part LLaVA does not use."""
+    if key.startswith(CLIP_UNUSED):
+        return None
+    return "vision_tower." + key if key.startswith("vision_model.") else key
+
+
+# --- config ---------------------------------------------------------------------------------------
+
+def llava_hf_config(folder, clip_folder):
+    """The llava-hf `config.json` (a dict) equivalent to an original config.json plus the CLIP config.json."""
+    src = Path(folder) / "config.json"
+    orig, clip = _read_json(src), _read_json(Path(clip_folder) / "config.json")
+    if orig.get("model_type") not in ("llava", "llava_llama") or "mm_vision_tower" not in orig:
+        raise ConfigError(f"{src}: not an original LLaVA config (model_type 'llava' with mm_vision_tower expected)")
+    unsupported = {"mm_projector_type": orig.get("mm_projector_type", "linear") != "mlp2x_gelu",  # LLaVA-1.0: linear
+                   "mm_use_im_start_end": bool(orig.get("mm_use_im_start_end")),
+                   "mm_use_im_patch_token": bool(orig.get("mm_use_im_patch_token")),
+                   "image_aspect_ratio": orig.get("image_aspect_ratio") == "anyres",  # LLaVA-1.6
+                   "tie_word_embeddings": bool(orig.get("tie_word_embeddings"))}
+    for name, bad in unsupported.items():
+        if bad:
+            raise ConfigError(f"{src}: {name} = {orig.get(name)!r} is not LLaVA-1.5 (expected mm_projector_type "
+                              f"'mlp2x_gelu', no im_start/im_patch tokens, image_aspect_ratio 'pad', untied)")
+    strategy = {"patch": "default", "cls_patch": "full"}.get(orig.get("mm_vision_select_feature", "patch"))
+    if strategy is None:
+        raise ConfigError(f"{src}: mm_vision_select_feature {orig['mm_vision_select_feature']!r}, "
+                          f"expected 'patch' or 'cls_patch'")
+    if clip.get("model_type") == "clip":  # CLIPConfig; old files also carry vision_config_dict, which wins
+        vision = clip.get("vision_config_dict") or clip.get("vision_config") or {}
+    elif clip.get("model_type") == "clip_vision_model":
+        vision = clip
+    else:
+        raise ConfigError(f"{Path(clip_folder) / 'config.json'}: model_type {clip.get('model_type')!r}, "
+                          f"expected a CLIP checkpoint ('clip' or 'clip_vision_model')")
+    vision = {k: v for k, v in vision.items() if k in VisionConfig.__dataclass_fields__}
+    vision["model_type"] = "clip_vision_model"
+    n = orig.get("vocab_size", 32000)
+    vocab = math.ceil((n + 2) / 64) * 64  # transformers' conversion: resize_token_embeddings(n + 2, pad_to_multiple_of=64)
+    text = {k: orig[k] for k in TEXT_KEYS if k in orig}
+    text.update(model_type="llama", vocab_size=vocab)
+    cfg = {"architectures": ["LlavaForConditionalGeneration"], "ignore_index": -100, "image_token_index": n,
+           "model_type": "llava", "pad_token_id": n + 1, "projector_hidden_act": "gelu", "text_config": text,
+           "tie_word_embeddings": False, "torch_dtype": orig.get("torch_dtype"), "vision_config": vision,
+           "vision_feature_layer": orig.get("mm_vision_select_layer", -2),
+           "vision_feature_select_strategy": strategy, "vocab_size": vocab}
+    config = LlavaConfig.from_dict(cfg, source=str(src))
+    cfg["image_seq_length"] = config.vision_config.num_patches + (strategy == "full")
+    width = config.vision_config.hidden_size * len(config.feature_layers)
+    if orig.get("mm_hidden_size", width) != width:
+        raise ConfigError(f"{src}: mm_hidden_size {orig['mm_hidden_size']} does not match the CLIP tower in "
+                          f"{clip_folder} (hidden_size {config.vision_config.hidden_size})")
+    return cfg, config
+
+
+# --- weights --------------------------------------------------------------------------------------
+
+def hub_state(folder, clip_folder, config):
+    """{llava-hf hub key: tensor} for the original checkpoint plus CLIP, with the vocabulary padded.
+
+    Returns (state, origin), origin[key] = (file, key in that file), for error messages.
+    """
+    folder, clip_folder = Path(folder), Path(clip_folder)
+    state, origin = {}, {}
+    files = [(p, read_bin, original_key) for p in _bin_files(folder)]
+    if (clip_folder / "model.safetensors").is_file():
+        files.append((clip_folder / "model.safetensors", _read_safetensors, clip_key))
+    else:  # older CLIP snapshots have only pytorch_model.bin: read as safely as the LLaVA shards
+        files += [(p, read_bin, clip_key) for p in _bin_files(clip_folder)]
+    for path, read, rename in files:
+        for key, t in read(path).items():
+            name = rename(key)
+            if name in state:
+                raise CheckpointError(f"{path}: tensor {key!r} is also stored in {origin[name][0]}")
+            if name is not None:
+                state[name], origin[name] = t, (path, key)
+    n, vocab = config.image_token_index, config.text_config.vocab_size
+    for name in ("language_model.model.embed_tokens.weight", "language_model.lm_head.weight"):
+        t = state.get(name)
+        if t is None:
+            continue  # reported by the strict check
+        if t.ndim != 2 or t.shape[0] != n:
+            raise CheckpointError(f"{origin[name][0]}: tensor {origin[name][1]!r} has shape {list(t.shape)}, "
+                                  f"config.json implies {n} rows (vocab_size)")
+        mean = t.float().mean(0, keepdim=True).to(t.dtype)  # new rows: the mean row (never the top logit)
+        state[name] = torch.cat([t, mean.expand(vocab - n, -1)])
+    return state, origin
+
+
+def _read_safetensors(path):
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file: {e}") from None
+
+
+def check_state(model, state, origin, folders):
+    """Every tensor used, every parameter filled, shapes equal; else a CheckpointError naming the tensor."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{' + '.join(map(str, folders))} do not fit a LLaVA-1.5 model: " + "; ".join(
+            [f"{len(missing)} parameter(s) missing, e.g. {missing[:3]}"] * bool(missing) +
+            [f"{len(unexpected)} tensor(s) unused, e.g. " + ", ".join(f"{origin[k][1]!r} in {origin[k][0]}"
+                                                                     for k in unexpected[:3])] * bool(unexpected)))
+    for k, shape in expected.items():
+        if tuple(state[k].shape) != shape:
+            raise CheckpointError(f"{origin[k][0]}: tensor {origin[k][1]!r} has shape {list(state[k].shape)}, "
+                                  f"the configs imply {list(shape)}")
+        if not state[k].is_floating_point():
+            raise CheckpointError(f"{origin[k][0]}: tensor {origin[k][1]!r} has dtype {state[k].dtype}, "
+                                  f"expected a floating-point tensor")
+
+
+def load_original(folder, clip_folder, device="cpu", dtype=None):
+    """An original LLaVA-1.5 checkpoint folder + its CLIP folder -> a minillava `Llava` (eval mode).
+
+    dtype None: float32 on CPU, the checkpoint's dtype (float16) on a GPU, as `Llava.from_pretrained`.
+    """
+    _, config = llava_hf_config(folder, clip_folder)
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device, config.dtype)
+    with torch.device("meta"):
+        model = Llava(config)
+    state, origin = hub_state(folder, clip_folder, config)
+    check_state(model, state, origin, (folder, clip_folder))
+    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, strict=True, assign=True)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+def convert_original(folder, clip_folder, out_folder, tokenizer=None, dtype=None, max_shard_bytes=5 * 10**9):
+    """Write a llava-hf folder for an original checkpoint: config.json, safetensors (sharded above
+    max_shard_bytes), processor files (`write_processor_files`); `minillava.load` and transformers load it.
+
+    dtype None keeps the original's torch_dtype (float16 for liuhaotian/llava-v1.5-*; openai's fp32 CLIP
+    is cast to it, as llava-hf did). tokenizer: a tokenizer.json to use when the original folder has none.
+    """
+    folder, clip_folder, out = Path(folder), Path(clip_folder), Path(out_folder)
+    cfg, config = llava_hf_config(folder, clip_folder)
+    dtype = resolve_dtype(dtype or config.dtype, torch.device("cpu"))
+    with torch.device("meta"):
+        check = Llava(config)
+    state, origin = hub_state(folder, clip_folder, config)
+    check_state(check, state, origin, (folder, clip_folder))
+    out.mkdir(parents=True, exist_ok=True)
+    cfg["torch_dtype"] = cfg["text_config"]["torch_dtype"] = str(dtype).removeprefix("torch.")
+    _write_json(out / "config.json", cfg)
+    _write_json(out / "generation_config.json", {"_from_model_config": True, "bos_token_id": 1, "eos_token_id": 2,
+                                                 "pad_token_id": config.pad_token_id})
+    state = {k: v.to(dtype).contiguous() for k, v in sorted(state.items())}
+    shards, size = [[]], 0  # greedy shards of at most max_shard_bytes, in key order, as transformers writes them
+    for k, v in state.items():
+        if shards[-1] and size + v.nbytes > max_shard_bytes:
+            shards, size = shards + [[]], 0
+        shards[-1].append(k)
+        size += v.nbytes
+    names = ["model.safetensors"] if len(shards) == 1 else [
+        f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for name, keys in zip(names, shards):
+        save_file({k: state[k] for k in keys}, str(out / name), metadata={"format": "pt"})
+    if len(shards) > 1:
+        total = sum(v.nbytes for v in state.values())
+        _write_json(out / "model.safetensors.index.json", {"metadata": {"total_size": total},
+                                                          "weight_map": {k: n for n, ks in zip(names, shards) for k in ks}})
+    write_processor_files(folder, clip_folder, out, tokenizer)
+    return out
+
+
+def _write_json(path, obj):
+    Path(path).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+# --- processor files ------------------------------------------------------------------------------
+
+# llava-hf's chat_template.json (REFERENCE.md 5.2), so transformers' apply_chat_template works on the folder
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
+    "{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\n' }}{% endfor %}{# Render all text next #}{% if message['role'] != 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}"
+    "{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}")
+
+
+def write_processor_files(folder, clip_folder, out_folder, tokenizer=None):
+    """The llava-hf processor and tokenizer files for an original checkpoint, into out_folder.
+
+    As llava-hf: `<image>` and `<pad>` added after the vocabulary, pad_token `<pad>`, left padding, its
+    chat template. Unlike llava-hf: `image_aspect_ratio: "pad"` becomes `LlavaImageProcessor` with
+    `do_pad: true`, the original's square padding (transformers and minillava.processor both honour it).
+    tokenizer.json comes from `tokenizer`, else from the original folder; the liuhaotian repos ship only
+    sentencepiece's tokenizer.model, which is copied but which minillava cannot read: then pass the
+    tokenizer.json of llava-hf/llava-1.5-7b-hf or of Llama-2 (the same vocabulary).
+    """
+    folder, clip_folder, out = Path(folder), Path(clip_folder), Path(out_folder)
+    out.mkdir(parents=True, exist_ok=True)
+    _, config = llava_hf_config(folder, clip_folder)
+    pad = _read_json(folder / "config.json").get("image_aspect_ratio") == "pad"
+    clip_pre = _read_json(clip_folder / "preprocessor_config.json", {})
+    size = config.vision_config.image_size
+    _write_json(out / "preprocessor_config.json", {
+        "crop_size": {"height": size, "width": size}, "do_center_crop": True, "do_convert_rgb": True,
+        "do_normalize": True, **({"do_pad": True} if pad else {}), "do_rescale": True, "do_resize": True,
+        "image_mean": clip_pre.get("image_mean", CLIP_MEAN),
+        "image_processor_type": "LlavaImageProcessor" if pad else "CLIPImageProcessor",
+        "image_std": clip_pre.get("image_std", CLIP_STD), "processor_class": "LlavaProcessor", "resample": 3,
+        "rescale_factor": 0.00392156862745098, "size": {"shortest_edge": size}})
+    _write_json(out / "processor_config.json", {
+        "image_token": IMAGE_TOKEN, "num_additional_image_tokens": 1, "patch_size": config.vision_config.patch_size,
+        "processor_class": "LlavaProcessor", "vision_feature_select_strategy": config.vision_feature_select_strategy})
+    _write_json(out / "chat_template.json", {"chat_template": CHAT_TEMPLATE})
+
+    n = config.image_token_index
+    added = {IMAGE_TOKEN: n, "<pad>": n + 1}
+    token = {"lstrip": False, "normalized": False, "rstrip": False, "single_word": False, "special": True}
+    source = Path(tokenizer) if tokenizer else folder / "tokenizer.json"
+    if source.is_file():
+        tok = _read_json(source)
+        have = {t["content"]: t["id"] for t in tok.get("added_tokens", [])}
+        if len(tok["model"]["vocab"]) != n and set(added) - set(have):
+            raise TokenizerError(f"{source}: {len(tok['model']['vocab'])} tokens, but the model has {n}")
+        for content, i in added.items():
+            if have.get(content, i) != i:
+                raise TokenizerError(f"{source}: {content!r} is id {have[content]}, the model expects {i}")
+            if content not in have:
+                tok["added_tokens"].append({"id": i, "content": content, **token})
+        (out / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False), encoding="utf-8")
+    else:
+        warnings.warn(f"{folder}: no tokenizer.json, so {out} has none and minillava cannot load its processor; "
+                      f"pass tokenizer= the tokenizer.json of llava-hf/llava-1.5-7b-hf (same Llama-2 vocabulary)")
+    if (folder / "tokenizer.model").is_file():
+        shutil.copyfile(folder / "tokenizer.model", out / "tokenizer.model")
+    tok_config = _read_json(folder / "tokenizer_config.json", {
+        "add_bos_token": True, "add_eos_token": False, "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "legacy": False, "tokenizer_class": "LlamaTokenizer"})
+    decoder = tok_config.setdefault("added_tokens_decoder", {
+        "0": {"content": "<unk>", **token}, "1": {"content": "<s>", **token}, "2": {"content": "</s>", **token}})
+    decoder.update({str(i): {"content": c, **token} for c, i in added.items()})
+    tok_config.update(pad_token="<pad>", padding_side="left", processor_class="LlavaProcessor")
+    _write_json(out / "tokenizer_config.json", tok_config)
+    special = _read_json(folder / "special_tokens_map.json", {
+        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"})
+    _write_json(out / "special_tokens_map.json", {**special, "pad_token": "<pad>"})
+    _write_json(out / "added_tokens.json", added)
+    return out
+
+
+# --- original mode: prompts and images ------------------------------------------------------------
+
+def tokenize_original(processor_or_tokenizer, prompt, n_image_tokens, image_token_id):
+    """Token ids as the original `tokenizer_image_token` makes them, with each `<image>` as a run of
+    `n_image_tokens` ids `image_token_id` (the original puts one -200 there and splices the features in).
+
+    The prompt is split on "<image>" and each chunk is tokenized on its own, so each chunk gets
+    sentencepiece's leading "▁": "USER: <image>\\nHi" -> [1, 3148, 1001, 29901, 29871, <image>, 29871, 13, ...]
+    where one tokenizer call on the whole string (llava-hf) may give no 29871 after the image
+    (REFERENCE.md 3.3, 5.3). Every chunk but the first loses the BOS its tokenizer call added.
+    processor_or_tokenizer: a minillava Processor or a `tokenizers.Tokenizer`.
+    """
+    tok = getattr(processor_or_tokenizer, "tokenizer", processor_or_tokenizer)
+    chunks = [tok.encode(chunk).ids for chunk in prompt.split(IMAGE_TOKEN)]
+    bos = getattr(processor_or_tokenizer, "bos_token_id", None) or tok.token_to_id("<s>")
+    offset = 1 if chunks[0] and chunks[0][0] == bos else 0  # as the original: x[offset:] for every later chunk
+    ids = chunks[0][:]
+    for chunk in chunks[1:]:
+        ids += [image_token_id] * n_image_tokens + chunk[offset:]
+    return ids
+
+
+def prepare(processor, conversation_or_prompt, images=None, pad=True):
+    """Model inputs the way the original LLaVA makes them: {"input_ids", "attention_mask"[, "pixel_values"]}.
+
+    conversation_or_prompt: a conversation (list of {"role", "content"} messages), rendered with the
+    vicuna_v1 template (`minillava.chat.format_conversation(..., style="vicuna_v1")`: the original system
+    prompt, "</s>" after each answer, images first in the first user message), or a prompt string used
+    as it is. Tokenized with `tokenize_original`. images: one image or a list, in `<image>` order; each is
+    padded to a square of the mean colour (122, 116, 104) first (original `expand2square`; pad=False
+    for checkpoints whose image_aspect_ratio is not "pad"), then resized and cropped as usual.
+    processor: the minillava Processor of a llava-hf folder (e.g. one written by `convert_original`).
+    """
+    if isinstance(conversation_or_prompt, str):
+        prompt = conversation_or_prompt
+    else:
+        prompt = format_conversation(conversation_or_prompt, add_generation_prompt=True, style="vicuna_v1")
+    images = [] if images is None else list(images) if isinstance(images, (list, tuple)) else [images]
+    if prompt.count(IMAGE_TOKEN) != len(images):
+        raise PromptError(f"the prompt contains {prompt.count(IMAGE_TOKEN)} {IMAGE_TOKEN} marker(s) but "
+                          f"{len(images)} image(s) were given")
+    out, n = {}, 0
+    if images:
+        padded = copy.copy(processor)  # the same processor with square padding switched on or off
+        padded.image_config = {**processor.image_config, "do_pad": pad}
+        out["pixel_values"] = padded.preprocess(images)  # (N, 3, H, W)
+        n = processor.num_image_tokens(*out["pixel_values"].shape[-2:])
+    ids = torch.tensor([tokenize_original(processor, prompt, n, processor.image_token_id)])
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), **out}
