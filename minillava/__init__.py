@@ -10,6 +10,7 @@ from .config import LlavaConfig, TextConfig, VisionConfig
 from .errors import (CheckpointError, ConfigError, DeviceError, GenerationError, ImageError, MinillavaError,
                      PromptError, TokenizerError)
 from .llava import Llava
+from .processor import Processor
 
 DEMO = Path(__file__).parent / "demo"  # the tiny LLaVA minillava trains itself (see minillava/train.py)
 
@@ -22,12 +23,8 @@ def load(path=None, device="cpu", dtype=None, progress=False):
     if not path.is_dir():
         raise CheckpointError(f"{path}: expected a checkpoint folder (config.json, *.safetensors, tokenizer files), got a file")
     model = Llava.from_pretrained(path, device=device, dtype=dtype, progress=progress)
-    try:
-        from .processor import Processor
-    except ImportError:  # the processor module is optional while the package is being assembled
-        return model, None
     return model, Processor.from_pretrained(path, config=model.config)
 
 
-__all__ = ["load", "Llava", "LlavaConfig", "TextConfig", "VisionConfig", "MinillavaError", "ConfigError",
+__all__ = ["load", "Llava", "Processor", "LlavaConfig", "TextConfig", "VisionConfig", "MinillavaError", "ConfigError",
            "CheckpointError", "TokenizerError", "ImageError", "PromptError", "GenerationError", "DeviceError", "DEMO"]

@@ -150,12 +150,14 @@ def attention_mask_4d(attention_mask, start, T, sliding_window, device):
     """Boolean (B, 1, T, S) mask, True where query start+t may attend to key s (S = start + T), or None.
 
     Allowed iff s <= q (causal), key s is not padding, and s > q - window (Mistral's sliding window).
-    None means "plain causal", which lets SDPA use its fastest kernel.
+    None means "plain causal", which lets SDPA use its fastest kernel. SDPA's is_causal aligns the
+    triangle to the top left, which is only right when the queries start at key 0 (or T is 1, and
+    the single query sees every key), so a chunk appended to a filled cache needs the explicit mask.
     """
     S = start + T
     padded = attention_mask is not None and not bool(attention_mask[:, :S].all())
     windowed = sliding_window is not None and S > sliding_window
-    if not padded and not windowed:
+    if not padded and not windowed and (start == 0 or T == 1):
         return None
     q = torch.arange(start, S, device=device)[:, None]  # (T, 1)
     s = torch.arange(S, device=device)[None, :]  # (1, S)

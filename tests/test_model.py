@@ -118,7 +118,7 @@ def test_cache_prefill_then_decode_equals_full_forward(pair, name):
     full = ours(ids, pv)
     split = ids.shape[1] - 12
     cache = ours.new_cache(1, ids.shape[1])
-    steps = [ours(ids[:, :split], pv, cache=cache)]
+    steps = [ours(ids[:, :split - 9], pv, cache=cache), ours(ids[:, split - 9:split], cache=cache)]  # two chunks
     for t in range(split, ids.shape[1]):
         steps.append(ours(ids[:, t:t + 1], cache=cache))
     assert cache.length == ids.shape[1]

@@ -1,0 +1,173 @@
+"""The `minillava` command: ask about images, chat, or dump every stage's activations.
+
+    minillava ask --image photo.jpg "What is in this picture?"
+    minillava chat --image photo.jpg
+    minillava logits --image photo.jpg "What is this?" --out stages.safetensors
+
+Without --model, the tiny demo checkpoint that ships inside the package is used.
+"""
+import argparse
+import sys
+
+import torch
+
+from .errors import MinillavaError
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="minillava", description="LLaVA-1.5 in plain PyTorch.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp, sampling=True):
+        sp.add_argument("--model", default=None, help="llava-hf checkpoint folder (default: the embedded demo)")
+        sp.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default: cpu)")
+        sp.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: float32 on CPU, "
+                                                      "the checkpoint's dtype on a GPU)")
+        sp.add_argument("--image", action="append", default=[], help="an image file; repeat for several")
+        sp.add_argument("--system", default=None, help="a system message put before the first turn")
+        if sampling:
+            sp.add_argument("--max-new-tokens", type=int, default=256)
+            sp.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
+            sp.add_argument("--top-k", type=int, default=0)
+            sp.add_argument("--top-p", type=float, default=1.0)
+            sp.add_argument("--seed", type=int, default=0)
+
+    ask = sub.add_parser("ask", help="answer one question about one or more images, streamed")
+    common(ask)
+    ask.add_argument("question")
+    chat = sub.add_parser("chat", help="an interactive conversation (/image PATH, /reset, /quit)")
+    common(chat)
+    logits = sub.add_parser("logits", help="write every stage for one prompt to a safetensors file")
+    common(logits, sampling=False)
+    logits.add_argument("question")
+    logits.add_argument("--out", required=True, help="output .safetensors file")
+    logits.add_argument("--raw", action="store_true", help="use QUESTION as the exact prompt, no chat template")
+    conv = sub.add_parser("convert-original", help="write a llava-hf folder from a liuhaotian checkpoint + CLIP folder")
+    conv.add_argument("original")
+    conv.add_argument("clip")
+    conv.add_argument("out")
+    return p
+
+
+def load(args):
+    from . import load as load_checkpoint
+    model, processor = load_checkpoint(args.model, device=args.device, dtype=args.dtype, progress=True)
+    return model, processor
+
+
+def sampling(args):
+    g = torch.Generator(device="cpu").manual_seed(args.seed)
+    return dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                top_p=args.top_p, generator=g)
+
+
+def cmd_ask(args, out):
+    from .chat import ChatSession
+    model, processor = load(args)
+    session = ChatSession(model, processor, system=args.system, **sampling(args))
+    for piece in session.ask(args.question, images=args.image):
+        out.write(piece)
+        out.flush()
+    out.write("\n")
+
+
+def cmd_chat(args, out, inp):
+    from .chat import ChatSession
+    model, processor = load(args)
+    session = ChatSession(model, processor, system=args.system, **sampling(args))
+    pending = list(args.image)
+    out.write("minillava chat: /image PATH adds an image to your next message, /reset starts over, /quit ends.\n")
+    while True:
+        out.write("USER: ")
+        out.flush()
+        line = inp.readline()
+        if not line:  # end of input
+            break
+        line = line.strip()
+        if line in ("/quit", "/exit"):
+            break
+        if line == "/reset":
+            session.reset()
+            pending = []
+            out.write("(conversation cleared)\n")
+            continue
+        if line.startswith("/image"):
+            path = line[len("/image"):].strip()
+            try:
+                from .processor import load_image
+                load_image(path)  # fail now, not after the next question
+            except MinillavaError as e:
+                out.write(f"error: {e}\n")
+                continue
+            pending.append(path)
+            out.write(f"(image {path} will go with your next message)\n")
+            continue
+        if not line:
+            continue
+        out.write("ASSISTANT: ")
+        try:
+            for piece in session.ask(line, images=pending):
+                out.write(piece)
+                out.flush()
+        except MinillavaError as e:
+            out.write(f"\nerror: {e}")
+        pending = []
+        out.write("\n")
+
+
+def cmd_logits(args):
+    from safetensors.torch import save_file
+    from .chat import user_message
+    from .processor import load_image
+    model, processor = load(args)
+    images = [load_image(p, i) for i, p in enumerate(args.image)]
+    if args.raw:
+        text = args.question
+    else:
+        conv = ([{"role": "system", "content": args.system}] if args.system else []) + [user_message(args.question, len(images))]
+        text = processor.apply_chat_template(conv, add_generation_prompt=True)
+    inputs = processor(text=text, images=images or None)
+    stages = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+    with torch.no_grad():
+        pv = inputs.get("pixel_values")
+        image_features = None
+        if pv is not None:
+            stages["pixel_values"] = pv
+            for layer, h in zip(model.config.feature_layers, model.vision_tower(pv.to(model.device), model.config.feature_layers)):
+                stages[f"vision_hidden_states.{layer}"] = h  # the raw selected layer, CLS token included
+            stages["vision_features"] = model.vision_features(pv.to(model.device))  # what enters the projector
+            image_features = model.multi_modal_projector(stages["vision_features"])
+            stages["image_features"] = image_features
+        embeds = model.embed(inputs["input_ids"], image_features=image_features)
+        stages["inputs_embeds"] = embeds
+        stages["logits"] = model(inputs["input_ids"], inputs_embeds=embeds, attention_mask=inputs["attention_mask"])
+    stages = {k: v.detach().cpu().contiguous() for k, v in stages.items()}
+    save_file(stages, args.out, metadata={"prompt": text, "model": str(args.model or "demo"),
+                                          "dtype": str(model.dtype), "images": "\n".join(args.image)})
+    for k, v in stages.items():
+        print(f"{k:32s} {str(list(v.shape)):24s} {v.dtype}")
+    print(f"wrote {args.out}")
+
+
+def main(argv=None, stdin=None, stdout=None):
+    args = build_parser().parse_args(argv)
+    out, inp = stdout or sys.stdout, stdin or sys.stdin
+    try:
+        if args.command == "ask":
+            cmd_ask(args, out)
+        elif args.command == "chat":
+            cmd_chat(args, out, inp)
+        elif args.command == "logits":
+            cmd_logits(args)
+        elif args.command == "convert-original":
+            from .original import convert_original
+            convert_original(args.original, args.clip, args.out)
+            print(f"wrote {args.out}")
+    except MinillavaError as e:
+        sys.stderr.write(f"minillava: error: {e}\n")
+        return 2
+    return 0
+
+
+def run():  # the console script's entry point
+    sys.exit(main())
