@@ -9,6 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import VisionConfig
+from .llama import Embedding  # nn.Embedding that builds instantly on the meta device
+from .errors import ImageError
 
 
 def quick_gelu(x):
@@ -22,14 +24,17 @@ class CLIPVisionEmbeddings(nn.Module):
         D, P = cfg.hidden_size, cfg.patch_size
         self.class_embedding = nn.Parameter(torch.empty(D))
         self.patch_embedding = nn.Conv2d(cfg.num_channels, D, kernel_size=P, stride=P, bias=False)
-        self.position_embedding = nn.Embedding(cfg.num_patches + 1, D)  # +1 for the class token
+        self.position_embedding = Embedding(cfg.num_patches + 1, D)  # +1 for the class token
         self.image_size = cfg.image_size
 
     def forward(self, pixel_values):  # (B, 3, H, W)
-        B, _, H, W = pixel_values.shape
-        if H != self.image_size or W != self.image_size:
-            # transformers raises too: LLaVA-1.5 never interpolates position embeddings
-            raise ValueError(f"pixel_values are {H}x{W}, the vision tower expects {self.image_size}x{self.image_size}")
+        C = self.patch_embedding.in_channels
+        if not torch.is_tensor(pixel_values) or pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (
+                C, self.image_size, self.image_size):  # transformers raises too: LLaVA-1.5 never interpolates
+            got = tuple(pixel_values.shape) if torch.is_tensor(pixel_values) else type(pixel_values).__name__
+            raise ImageError(f"pixel_values are {got}, the vision tower expects (n_images, {C}, {self.image_size}, "
+                             f"{self.image_size}) (vision_config.image_size; images preprocessed for another model?)")
+        B = pixel_values.shape[0]
         w = self.patch_embedding.weight
         x = self.patch_embedding(pixel_values.to(device=w.device, dtype=w.dtype))  # (B, D, H/P, W/P)
         x = x.flatten(2).transpose(1, 2)  # (B, n_patches, D), patches in row-major order

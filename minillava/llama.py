@@ -13,6 +13,16 @@ import torch.nn.functional as F
 from .config import TextConfig
 
 
+class Embedding(nn.Embedding):
+    """nn.Embedding, except that the random init is skipped on the meta device: there it would
+    only cost time (torch's meta `normal_` imports torch._dynamo, ~2 s), since a checkpoint
+    overwrites every weight anyway."""
+
+    def reset_parameters(self):
+        if not self.weight.is_meta:
+            super().reset_parameters()
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim, eps):
         super().__init__()
@@ -141,7 +151,7 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     def __init__(self, cfg: TextConfig):
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
