@@ -18,10 +18,6 @@ DEMO = Path(__file__).parent / "demo"  # the tiny LLaVA minillava trains itself 
 def load(path=None, device="cpu", dtype=None, progress=False):
     """Load a llava-hf checkpoint folder (the embedded demo when `path` is None): (model, processor)."""
     path = Path(path) if path is not None else DEMO
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint folder")
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: expected a checkpoint folder (config.json, *.safetensors, tokenizer files), got a file")
     model = Llava.from_pretrained(path, device=device, dtype=dtype, progress=progress)
     return model, Processor.from_pretrained(path, config=model.config)
 

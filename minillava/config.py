@@ -7,6 +7,7 @@ Matches `LlavaConfig`, `LlamaConfig`, `MistralConfig` and `CLIPVisionConfig` in 
 """
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,7 +108,7 @@ class LlavaConfig:
         vision = _vision_from_dict(d.get("vision_config"), source)
         text = _text_from_dict(d.get("text_config"), source)
         # LlavaConfig.__post_init__: a tied text config ties the whole model
-        top["tie_word_embeddings"] = bool(top.get("tie_word_embeddings", False) or text.tie_word_embeddings)
+        top["tie_word_embeddings"] = top.get("tie_word_embeddings") or text.tie_word_embeddings  # type checked below
         cfg = cls(vision_config=vision, text_config=text, **top)
         cfg.validate(source)
         return cfg
@@ -119,11 +120,7 @@ class LlavaConfig:
             path = path / "config.json"
         if not path.is_file():
             raise ConfigError(f"{path}: file not found (a llava-hf checkpoint folder has a config.json)")
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_dict(d, source=str(path))
+        return cls.from_dict(read_json(path), source=str(path))
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -151,8 +148,12 @@ class LlavaConfig:
                               f"num_key_value_heads {t.num_key_value_heads}")
         if t.head_dim % 2:
             raise ConfigError(f"{source}: text_config.head_dim {t.head_dim} must be even for rotary embeddings")
-        if t.rms_norm_eps <= 0 or v.layer_norm_eps <= 0 or t.rope_theta <= 0:
-            raise ConfigError(f"{source}: rms_norm_eps, layer_norm_eps and rope_theta must be positive")
+        for where, name, x in [("text_config", "rms_norm_eps", t.rms_norm_eps), ("text_config", "rope_theta", t.rope_theta),
+                               ("vision_config", "layer_norm_eps", v.layer_norm_eps)]:
+            if not _positive_finite(x):
+                raise ConfigError(f"{source}: {where}.{name} = {x!r}, expected a positive finite number")
+        if t.sliding_window is not None and t.sliding_window <= 0:
+            raise ConfigError(f"{source}: text_config.sliding_window = {t.sliding_window}, expected a positive integer or null")
         if t.hidden_act != "silu":
             raise ConfigError(f"{source}: text_config.hidden_act {t.hidden_act!r} is not supported (expected 'silu')")
         if v.hidden_act not in ("quick_gelu", "gelu"):
@@ -172,6 +173,30 @@ class LlavaConfig:
                               f"(text_config.vocab_size {t.vocab_size})")
         if self.dtype is not None and self.dtype not in DTYPES:
             raise ConfigError(f"{source}: dtype {self.dtype!r} is not one of float32, float16, bfloat16")
+
+
+def read_json(path):
+    """The JSON object in a file; ConfigError naming the file when it cannot be read or parsed."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON (not UTF-8 text: {e})") from None
+    try:
+        d = json.loads(text)
+    except (ValueError, RecursionError) as e:  # ValueError: bad JSON, or a number of more than 4300 digits
+        raise ConfigError(f"{path}: not valid JSON ({type(e).__name__}: {e})") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: expected a JSON object, got {type(d).__name__}")
+    return d
+
+
+def _positive_finite(x):
+    try:
+        return 0 < float(x) < math.inf  # False for NaN
+    except OverflowError:  # an int beyond the float range
+        return False
 
 
 def _names(cls):
@@ -207,8 +232,8 @@ def _text_from_dict(d, source):
         raise ConfigError(f"{source}: text_config rope_type {rope_type!r} is not supported (only 'default' RoPE)")
     kw["rope_theta"] = rope.get("rope_theta", d.get("rope_theta", 10000.0))
     if mt == "mistral":  # MistralConfig has attention_bias / mlp_bias None, i.e. no biases
-        kw["attention_bias"] = bool(kw.get("attention_bias") or False)
-        kw["mlp_bias"] = bool(kw.get("mlp_bias") or False)
+        kw["attention_bias"] = kw.get("attention_bias") or False
+        kw["mlp_bias"] = kw.get("mlp_bias") or False
     t = TextConfig(**kw)
     if t.num_key_value_heads is None:
         t.num_key_value_heads = t.num_attention_heads
@@ -222,7 +247,7 @@ def _check_types(obj, where, skip=()):
     for f in dataclasses.fields(obj):
         if f.name in skip:
             continue
-        val, ann = getattr(obj, f.name), str(f.type)
+        val, ann = getattr(obj, f.name), getattr(f.type, "__name__", str(f.type))  # "int", "int | None"
         ok = {"int": lambda x: type(x) is int,
               "float": lambda x: type(x) in (int, float),
               "str": lambda x: isinstance(x, str),

@@ -83,8 +83,9 @@ def generate_tokens(model, input_ids, pixel_values=None, attention_mask=None, ma
     """
     check_settings(max_new_tokens, temperature, top_k, top_p)
     cfg = model.config
-    if input_ids.ndim != 2 or input_ids.shape[1] == 0:
-        raise PromptError(f"input_ids must be a non-empty (batch, length) tensor, got shape {tuple(input_ids.shape)}")
+    if not torch.is_tensor(input_ids) or input_ids.ndim != 2 or input_ids.shape[1] == 0:
+        got = f"shape {tuple(input_ids.shape)}" if torch.is_tensor(input_ids) else type(input_ids).__name__
+        raise PromptError(f"input_ids must be a non-empty (batch, length) tensor, got {got}")
     B, T = input_ids.shape
     past = cache.length if cache is not None else 0
     limit = cfg.text_config.max_position_embeddings
@@ -92,13 +93,19 @@ def generate_tokens(model, input_ids, pixel_values=None, attention_mask=None, ma
         raise PromptError(f"prompt of {past + T} tokens + max_new_tokens {max_new_tokens} = {past + T + max_new_tokens} "
                           f"exceeds the context length {limit} (text_config.max_position_embeddings)")
     eos = cfg.text_config.eos_token_id if eos_token_id is None else eos_token_id
-    eos = torch.tensor([eos] if isinstance(eos, int) else list(eos), device=model.device)
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else eos  # None: no end-of-sequence token
+    if not isinstance(eos, (list, tuple)) or not all(isinstance(i, int) for i in eos):
+        raise GenerationError(f"eos_token_id = {eos!r}, expected a token id or a list of token ids")
+    eos = torch.tensor(eos, dtype=torch.long, device=model.device)
     pad = pad_token_id if pad_token_id is not None else (cfg.pad_token_id if cfg.pad_token_id is not None else
                                                          int(eos[0]) if len(eos) else 0)
     device = model.device
     input_ids = input_ids.to(device)
     if attention_mask is None:
         attention_mask = torch.ones(B, past + T, dtype=torch.long, device=device)
+    if tuple(attention_mask.shape) != (B, past + T):
+        raise PromptError(f"attention_mask has shape {tuple(attention_mask.shape)}, expected {(B, past + T)} "
+                          f"(batch, cached + new tokens)")
     attention_mask = attention_mask.to(device)
     if cache is None:
         cache = model.new_cache(B, T + max_new_tokens)  # allocated once for the whole run

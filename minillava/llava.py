@@ -13,10 +13,10 @@ import torch.nn as nn
 
 from .clip import CLIPVisionModel
 from .config import DTYPES, LlavaConfig
-from .errors import DeviceError, PromptError
+from .errors import CheckpointError, ConfigError, DeviceError, PromptError
 from .llama import LlamaForCausalLM
 from .projector import LlavaMultiModalProjector
-from .weights import load_weights
+from .weights import check_layer_counts, load_weights, open_checkpoint
 
 
 class Llava(nn.Module):
@@ -53,6 +53,10 @@ class Llava(nn.Module):
     def embed(self, input_ids, pixel_values=None, image_features=None):
         """Token embeddings with the image features written into the `<image>` positions, (B, T, D)."""
         vocab = self.config.text_config.vocab_size
+        if (not torch.is_tensor(input_ids) or input_ids.ndim != 2 or input_ids.shape[1] == 0
+                or input_ids.dtype not in (torch.long, torch.int)):
+            raise PromptError(f"input_ids must be a non-empty (batch, length) tensor of int64 token ids, got "
+                              f"{_describe(input_ids)}")
         if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab):
             raise PromptError(f"input_ids hold ids outside the vocabulary [0, {vocab}): "
                               f"min {int(input_ids.min())}, max {int(input_ids.max())}")
@@ -96,17 +100,29 @@ class Llava(nn.Module):
     def from_pretrained(cls, path, device="cpu", dtype=None, progress=False):
         """Build on the meta device (no random init, no memory), then assign the mmapped weights."""
         path = Path(path)
+        if not path.is_dir():
+            raise CheckpointError(f"{path}: " + ("expected a checkpoint folder (config.json, *.safetensors, tokenizer "
+                                                 "files), got a file" if path.exists() else "no such checkpoint folder"))
         config = LlavaConfig.from_json(path)
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device, config.dtype)
-        with torch.device("meta"):
-            model = cls(config)
-        load_weights(model, path, device=device, dtype=dtype, progress=progress)
+        tensors = open_checkpoint(path)  # a corrupt or missing file fails here, before anything is built
+        check_layer_counts(config, tensors, path)  # and so does a config claiming other (or 10**9) layers
+        try:
+            with torch.device("meta"):
+                model = cls(config)
+        except (RuntimeError, TypeError, OverflowError, ValueError) as e:  # sizes torch cannot even describe
+            raise ConfigError(f"{path / 'config.json'}: no model of these sizes can be built ({e})") from None
+        load_weights(model, path, device=device, dtype=dtype, progress=progress, tensors=tensors)
         return model.eval()
 
 
 def resolve_device(device):
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise DeviceError(f"device {device!r} is not a device torch knows (expected 'cpu', 'cuda', 'cuda:1', 'mps'): "
+                          f"{e}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DeviceError(f"device {str(device)!r} was asked for, but CUDA is not available on this machine "
                           f"(torch {torch.__version__}); use device='cpu'")
@@ -114,6 +130,8 @@ def resolve_device(device):
         raise DeviceError(f"device {str(device)!r} was asked for, but only {torch.cuda.device_count()} GPU(s) exist")
     if device.type not in ("cpu", "cuda", "mps"):
         raise DeviceError(f"device {str(device)!r} is not supported (expected 'cpu', 'cuda' or 'mps')")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"device {str(device)!r} was asked for, but MPS (Apple GPU) is not available on this machine")
     return device
 
 
@@ -130,3 +148,7 @@ def resolve_dtype(dtype, device, checkpoint_dtype=None):
     if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         raise DeviceError(f"{torch.cuda.get_device_name(device)} cannot run bfloat16; use dtype='float16'")
     return dtype
+
+
+def _describe(x):
+    return f"a {x.dtype} tensor of shape {tuple(x.shape)}" if torch.is_tensor(x) else f"a {type(x).__name__}"

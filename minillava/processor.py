@@ -16,7 +16,7 @@ padding=True, return_tensors="pt")` returns (`LlavaProcessor` + `CLIPImageProces
     transformers picks when torchvision *is* installed), written with torch alone. The two backends differ
     by 1-2 uint8 levels on under 1% of pixels (REFERENCE.md 4.4).
 """
-import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from tokenizers import Tokenizer
 
-from .config import LlavaConfig
+from .config import LlavaConfig, read_json
 from .errors import ConfigError, ImageError, PromptError, TokenizerError
 
 BACKENDS = ("pil", "torch")
@@ -43,7 +43,7 @@ class Processor:
                  vision_feature_select_strategy="default", special_tokens=None, padding_side="left",
                  chat_template=None, backend="pil"):
         if backend not in BACKENDS:
-            raise ValueError(f"backend {backend!r}, expected one of {BACKENDS}")
+            raise ConfigError(f"backend {backend!r}, expected one of {BACKENDS}")
         self.tokenizer = tokenizer  # a tokenizers.Tokenizer, used verbatim
         self.image_config = {**IMAGE_DEFAULTS, **image_config}  # preprocessor_config.json, HF key names
         self.image_token, self.patch_size = image_token, patch_size
@@ -72,10 +72,13 @@ class Processor:
         proc = _read_json(folder / "processor_config.json") or {}
         # Image settings: preprocessor_config.json on the hub, processor_config.json["image_processor"] in 5.x saves
         image_config = _read_json(folder / "preprocessor_config.json") or proc.get("image_processor")
-        if image_config is None:
+        if not isinstance(image_config, dict):
             raise ConfigError(f"{folder}: neither preprocessor_config.json nor processor_config.json['image_processor'] "
                               f"found (a llava-hf checkpoint has preprocessor_config.json)")
-        if not image_config.get("image_processor_type", "").startswith("LlavaImageProcessor"):
+        source = folder / ("preprocessor_config.json" if (folder / "preprocessor_config.json").is_file() else
+                           "processor_config.json")
+        _check_image_config({**IMAGE_DEFAULTS, **image_config}, source)
+        if not str(image_config.get("image_processor_type", "")).startswith("LlavaImageProcessor"):
             image_config.pop("do_pad", None)  # CLIPImageProcessor's do_pad is a no-op batch pad, not expand2square
         if do_pad is not None:
             image_config["do_pad"] = do_pad
@@ -89,15 +92,30 @@ class Processor:
         strategy = proc.get("vision_feature_select_strategy") or config.vision_feature_select_strategy
         # transformers would use 0 here and produce one token too few per image; CLIP always adds its CLS token
         extra = proc.get("num_additional_image_tokens", 1)
+        image_token = proc.get("image_token", "<image>")
+        for key, value, ok in [("patch_size", patch_size, type(patch_size) is int and patch_size > 0),
+                               ("vision_feature_select_strategy", strategy, strategy in ("default", "full")),
+                               ("num_additional_image_tokens", extra, type(extra) is int and extra >= 0),
+                               ("image_token", image_token, isinstance(image_token, str))]:
+            if not ok:
+                raise ConfigError(f"{folder / 'processor_config.json'}: {key} = {value!r} is not a valid value")
+        if config is not None and (patch_size, strategy) != (config.vision_config.patch_size,
+                                                             config.vision_feature_select_strategy):
+            raise TokenizerError(f"{folder / 'processor_config.json'}: patch_size {patch_size} and strategy {strategy!r} "
+                                 f"disagree with the model config's {config.vision_config.patch_size} and "
+                                 f"{config.vision_feature_select_strategy!r}")
 
         tokenizer, special, tok_config = _load_tokenizer(folder)
-        image_token = proc.get("image_token", "<image>")
         image_id = tokenizer.token_to_id(image_token)
         if image_id is None:
             raise TokenizerError(f"{folder / 'tokenizer.json'}: has no {image_token!r} token (llava-hf adds it as id 32000)")
         if config is not None and image_id != config.image_token_index:
             raise TokenizerError(f"{folder / 'tokenizer.json'}: {image_token!r} is id {image_id} but the model config's "
                                  f"image_token_index is {config.image_token_index}")
+        if config is not None and tokenizer.get_vocab_size() > config.text_config.vocab_size:
+            raise TokenizerError(f"{folder / 'tokenizer.json'}: {tokenizer.get_vocab_size()} tokens, more than the "
+                                 f"model's vocabulary (text_config.vocab_size {config.text_config.vocab_size}): "
+                                 f"another model's tokenizer?")
         return cls(tokenizer, image_config, image_token=image_token, patch_size=patch_size,
                    num_additional_image_tokens=extra, vision_feature_select_strategy=strategy, special_tokens=special,
                    # left when unset (transformers would pad right): generation needs the prompts' ends aligned
@@ -122,8 +140,8 @@ class Processor:
             out["pixel_values"] = self.preprocess(images, backend=backend)  # (N, 3, H, W)
         if texts is None:
             return out
-        if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
-            raise PromptError(f"text must be a string or a list of strings, got {type(text).__name__}")
+        if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
+            raise PromptError(f"text must be a string or a non-empty list of strings, got {text!r:.80}")
         n_markers = sum(t.count(self.image_token) for t in texts)
         if n_markers != len(images):
             raise PromptError(f"the text has {n_markers} {self.image_token} marker(s) but {len(images)} image(s) "
@@ -170,7 +188,7 @@ class Processor:
         """images -> pixel_values (N, 3, crop_h, crop_w) float32."""
         backend = backend or self.backend
         if backend not in BACKENDS:
-            raise ValueError(f"backend {backend!r}, expected one of {BACKENDS}")
+            raise ConfigError(f"backend {backend!r}, expected one of {BACKENDS}")
         c = self.image_config
         pixels = []
         for i, image in enumerate(_flat_list(images)):
@@ -226,34 +244,42 @@ def load_image(image, index=0, composite="numpy"):
 
     PIL images: transparency is composited onto white (image_transforms.convert_to_rgb in transformers 5).
     Paths: opened as transformers.image_utils.load_image does: EXIF rotation applied, then .convert("RGB"),
-    which drops alpha without compositing. Arrays with 4 channels are composited onto white with the formula
-    of the backend named by `composite` ("numpy" for pil, "torch" for torch)."""
+    which drops alpha without compositing but keeps a tRNS transparent colour, then composited as above.
+    Arrays with 4 channels are composited onto white with the formula of the backend named by `composite`
+    ("numpy" for pil, "torch" for torch). 16-bit grayscale is scaled to 8 bits (see _to_rgb)."""
     where = f"image {index}"
     if isinstance(image, (str, Path)):
         where += f" ({image})"
         if not Path(image).is_file():
             raise ImageError(f"{where}: file not found")
         try:
-            with Image.open(image) as img:  # the first frame of an animated file
-                return _check_size(np.array(ImageOps.exif_transpose(img).convert("RGB")), where)
-        except Image.DecompressionBombError as e:  # PIL's guard against huge images, above 2 x MAX_IMAGE_PIXELS
+            with Image.open(image) as img:  # the first frame of an animated file; nothing decoded yet
+                limit = Image.MAX_IMAGE_PIXELS  # PIL only warns between 1 and 2 x this limit: refuse at 1 x
+                if limit and img.width * img.height > limit:
+                    raise ImageError(f"{where}: too many pixels ({img.width}x{img.height} > PIL.Image.MAX_IMAGE_PIXELS "
+                                     f"{limit}; a decompression bomb?)")
+                image = _to_rgb(ImageOps.exif_transpose(img))  # decoded; then composited below, as transformers does
+        except ImageError:
+            raise
+        except Image.DecompressionBombError as e:  # PIL's own guard, above 2 x MAX_IMAGE_PIXELS
             raise ImageError(f"{where}: too many pixels ({e})") from None
         except Exception as e:  # PIL raises many types (OSError, SyntaxError, struct.error...) on broken files
             raise ImageError(f"{where}: cannot be read as an image ({type(e).__name__}: {e})") from None
     if isinstance(image, Image.Image):
-        where += f" ({image.filename})" if getattr(image, "filename", "") else ""  # set by Image.open
+        where += f" ({image.filename})" if getattr(image, "filename", "") and "(" not in where else ""
         try:
             if getattr(image, "is_animated", False):
                 image.seek(0)  # animated GIF / WebP / PNG: the first frame
             if "A" in image.getbands() or image.info.get("transparency") is not None:
                 background = Image.new("RGBA", image.size, (255, 255, 255, 255))
                 image = Image.alpha_composite(background, image.convert("RGBA"))
-            return _check_size(np.array(image.convert("RGB")), where)
+            return _check_size(np.array(_to_rgb(image)), where)
         except ImageError:
             raise
         except Exception as e:
             raise ImageError(f"{where}: cannot be decoded ({type(e).__name__}: {e})") from None
     if isinstance(image, np.ndarray):
+        _check_size(image, where)
         if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
             raise ImageError(f"{where}: array of shape {image.shape} and dtype {image.dtype}; expected (H, W, 3) uint8 "
                              f"(or (H, W), (H, W, 1), (H, W, 4))")
@@ -269,6 +295,15 @@ def load_image(image, index=0, composite="numpy"):
             x = (t * (255 + 1.0 - 1e-3)).to(torch.uint8).numpy()
         return _check_size(np.ascontiguousarray(x), where)
     raise ImageError(f"{where}: got {type(image).__name__}; expected a PIL.Image, a numpy uint8 array or a file path")
+
+
+def _to_rgb(image):
+    """PIL image -> RGB. 16-bit grayscale (PNG mode I;16) is scaled to 8 bits: PIL's convert("RGB"), which
+    transformers uses, clips it at 255 and turns most such images white."""
+    if image.mode.startswith("I;16"):
+        x = np.asarray(image).astype(np.int64)
+        image = Image.fromarray(((x + 128) // 257).astype(np.uint8))  # round(x / 257): 65535 -> 255
+    return image.convert("RGB")
 
 
 def _check_size(x, where):
@@ -327,12 +362,28 @@ def _flat_list(images):
 # ---- files -----------------------------------------------------------------------------------------------
 
 def _read_json(path):
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    """A JSON object from `path`; None when the file does not exist, ConfigError when it is unreadable."""
+    return read_json(path) if path.is_file() else None
+
+
+def _check_image_config(c, path):
+    """Refuse image settings that would fail obscurely (or silently: a zero std) inside numpy or PIL."""
+    def size(d):
+        given = [d[k] for k in ("shortest_edge", "height", "width") if d.get(k) is not None] if isinstance(d, dict) else []
+        return bool(given) and all(type(n) is int and n > 0 for n in given)
+
+    def numbers(x, n=3):
+        return isinstance(x, list) and len(x) == n and all(type(v) in (int, float) and math.isfinite(v) for v in x)
+    for key, ok, expected in [
+            ("size", size(c["size"]), "{'shortest_edge': N} or {'height': H, 'width': W}, positive integers"),
+            ("crop_size", size(c["crop_size"]) and (not c["do_center_crop"] or {"height", "width"} <= c["crop_size"].keys()),
+             "{'height': H, 'width': W}, positive integers"),
+            ("image_mean", numbers(c["image_mean"]), "3 numbers"),
+            ("image_std", numbers(c["image_std"]) and 0 not in c["image_std"], "3 non-zero numbers"),
+            ("rescale_factor", numbers([c["rescale_factor"]], 1) and c["rescale_factor"] > 0, "a positive number"),
+            ("resample", type(c["resample"]) is int and 0 <= c["resample"] <= 5, "a PIL filter number, 0-5 (3 = bicubic)")]:
+        if not ok:
+            raise ConfigError(f"{path}: {key} = {c[key]!r}, expected {expected}")
 
 
 def _load_tokenizer(folder):
@@ -353,7 +404,10 @@ def _load_tokenizer(folder):
     special = {k: tok_config.get(k) for k in names}
     if "added_tokens_decoder" not in tok_config:  # older folders: special_tokens_map.json wins (5.23 legacy path)
         special.update({k: v for k, v in (_read_json(folder / "special_tokens_map.json") or {}).items() if k in names})
-    special = {k: v["content"] if isinstance(v, dict) else v for k, v in special.items()}
+    special = {k: v.get("content") if isinstance(v, dict) else v for k, v in special.items()}
+    for k, v in special.items():
+        if v is not None and not isinstance(v, str):
+            raise TokenizerError(f"{folder / 'tokenizer_config.json'}: {k} = {v!r}, expected a token string")
     return tokenizer, special, tok_config
 
 

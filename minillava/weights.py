@@ -17,6 +17,7 @@ from .errors import CheckpointError
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
+FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")  # safetensors' names of the dtypes loaded (and converted)
 PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth", "model.ckpt")
 
 
@@ -27,7 +28,7 @@ def weight_files(folder):
         try:
             index = json.loads((folder / INDEX).read_text(encoding="utf-8"))
             shards = sorted(set(index["weight_map"].values()))
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError) as e:
             raise CheckpointError(f"{folder / INDEX}: not a valid safetensors index "
                                   f"(expected {{'weight_map': {{tensor: shard}}}}): {e!r}") from None
         if not shards or not all(isinstance(s, str) for s in shards):
@@ -79,14 +80,12 @@ def _open(path):
         raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from None
 
 
-def load_weights(model, folder, device="cpu", dtype=torch.float32, progress=False):
-    """Fill the parameters of `model` (built on the meta device) from the checkpoint in `folder`."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
-    tied = getattr(model.config, "tie_word_embeddings", False)
-    handles, where = [], {}  # where: canonical key -> (handle, key in the file, file)
+def open_checkpoint(folder):
+    """Open every safetensors file of `folder` (headers only, nothing is read yet):
+    {canonical key: (file handle, key in the file, file path)}. CheckpointError names a corrupt file."""
+    where = {}
     for path in weight_files(folder):
         f = _open(path)
-        handles.append(f)
         for key in f.keys():
             name = canonical_key(key)
             if name is None:
@@ -94,6 +93,26 @@ def load_weights(model, folder, device="cpu", dtype=torch.float32, progress=Fals
             if name in where:
                 raise CheckpointError(f"{path}: tensor {key!r} is also stored as {where[name][1]!r} in {where[name][2].name}")
             where[name] = (f, key, path)
+    return where
+
+
+def check_layer_counts(config, tensors, folder):
+    """config.json's layer counts against the layers stored (`tensors`: from open_checkpoint), before building."""
+    for prefix, where, n in [("language_model.model.layers.", "text_config", config.text_config.num_hidden_layers),
+                             ("vision_tower.vision_model.encoder.layers.", "vision_config",
+                              config.vision_config.num_hidden_layers)]:
+        stored = {k[len(prefix):].split(".")[0] for k in tensors if k.startswith(prefix)}
+        if len(stored) != n or stored != {str(i) for i in range(n)}:  # the length first: n may be 10**9
+            raise CheckpointError(f"{folder}: config.json has {where}.num_hidden_layers = {n}, but the files hold "
+                                  f"{len(stored)} layer(s) {prefix}* (a config from another model?)")
+
+
+def load_weights(model, folder, device="cpu", dtype=torch.float32, progress=False, tensors=None):
+    """Fill the parameters of `model` (built on the meta device) from the checkpoint in `folder`
+    (`tensors`: what open_checkpoint(folder) returned, when the caller opened the files already)."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    where = dict(open_checkpoint(folder) if tensors is None else tensors)
     if tied:  # a tied lm_head is the embedding matrix; a stored copy is allowed but not needed
         where.pop("language_model.lm_head.weight", None)
         expected.pop("language_model.lm_head.weight", None)
@@ -111,15 +130,17 @@ def load_weights(model, folder, device="cpu", dtype=torch.float32, progress=Fals
     for i, (name, shape) in enumerate(expected.items()):
         f, key, path = where[name]
         try:
-            stored = tuple(f.get_slice(key).get_shape())
+            info = f.get_slice(key)
+            stored, stored_dtype = tuple(info.get_shape()), info.get_dtype()
             if stored != shape:
                 raise CheckpointError(f"{path.name}: tensor {key!r} has shape {list(stored)}, "
                                       f"config.json implies {list(shape)}")
+            if stored_dtype not in FLOAT_DTYPES:  # int, bool, complex, fp8/fp4 (quantized, needs scales)
+                raise CheckpointError(f"{path.name}: tensor {key!r} has dtype {stored_dtype}, expected one of "
+                                      f"{', '.join(FLOAT_DTYPES)} (a quantized or non-float checkpoint?)")
             t = f.get_tensor(key)
-        except SafetensorError as e:
+        except (SafetensorError, OSError, RuntimeError, ValueError, TypeError) as e:
             raise CheckpointError(f"{path}: cannot read tensor {key!r}: {e}") from None
-        if not t.is_floating_point():
-            raise CheckpointError(f"{path.name}: tensor {key!r} has dtype {t.dtype}, expected a floating-point tensor")
         state[name] = t.to(device=device, dtype=dtype)  # no copy when both already match
         if progress:
             _progress_bar(i + 1, len(expected))
@@ -130,7 +151,6 @@ def load_weights(model, folder, device="cpu", dtype=torch.float32, progress=Fals
         model.language_model.lm_head.weight = model.language_model.model.embed_tokens.weight
     for p in model.parameters():
         p.requires_grad_(False)
-    del handles  # the mmapped pages stay alive through the tensors that use them
     return model
 
 
