@@ -148,7 +148,7 @@ class ChatSession:
     def ask(self, text, images=()):
         """Add a user turn and yield the assistant's answer as text pieces."""
         from .generate import check_settings, decode_pieces, generate_tokens
-        from .processor import load_image
+        from .images import load_image
         check_settings(**{k: v for k, v in self.settings.items() if k != "generator"})
         new_images = [load_image(x, len(self.images) + i) for i, x in enumerate(images)]
         messages = self.messages + [user_message(text, len(new_images))]

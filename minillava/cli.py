@@ -94,7 +94,7 @@ def cmd_chat(args, out, inp):
         if line.startswith("/image"):
             path = line[len("/image"):].strip()
             try:
-                from .processor import load_image
+                from .images import load_image
                 load_image(path)  # fail now, not after the next question
             except MinillavaError as e:
                 out.write(f"error: {e}\n")
@@ -118,7 +118,7 @@ def cmd_chat(args, out, inp):
 def cmd_logits(args):
     from safetensors.torch import save_file
     from .chat import user_message
-    from .processor import load_image
+    from .images import load_image
     model, processor = load(args)
     images = [load_image(p, i) for i, p in enumerate(args.image)]
     if args.raw:

@@ -125,7 +125,7 @@ print("vision tower input:", model.config.vision_config.image_size, "x", model.c
 pixels of a PIL image are composited onto white, as transformers 5 does.
 '''),
         code('''
-from minillava.processor import center_crop, load_image, pad_to_square, resize_size
+from minillava.images import center_crop, load_image, pad_to_square, resize_size
 
 x = load_image(photo)
 print(x.shape, x.dtype)

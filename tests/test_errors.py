@@ -25,7 +25,7 @@ from minillava import (CheckpointError, ConfigError, DeviceError, GenerationErro
                        MinillavaError, Processor, PromptError, TokenizerError)
 from minillava.generate import generate
 from minillava.llava import resolve_device, resolve_dtype
-from minillava.processor import load_image
+from minillava.images import load_image
 from tokenizer_files import minimal_config, write_processor_files
 
 # A checkpoint smaller than checkpoints.py's default, so a load costs milliseconds: vocab 64, one layer each.
