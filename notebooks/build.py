@@ -76,7 +76,8 @@ def nb01():
 # 01 · Pixels: how a photo becomes `pixel_values`
 
 The vision tower reads one thing: a square of `vision_config.image_size` pixels per side, three channels of
-normalized floats. This notebook follows one photo through the image half of `minillava.processor`:
+normalized floats. This notebook follows one photo through `minillava/images.py`, the image half of the
+processor:
 
 1. convert to an RGB `uint8` array,
 2. (optionally) pad it to a square with the mean colour, as the original LLaVA-1.5 did,
@@ -84,7 +85,8 @@ normalized floats. This notebook follows one photo through the image half of `mi
 4. crop the centre square,
 5. rescale to [0, 1] and normalize each channel with CLIP's mean and standard deviation.
 
-Each step is done here by hand with the processor's own helpers, then checked against `processor.preprocess`.
+Each step is done here by hand with the helpers of `minillava.images`, then checked against
+`processor.preprocess`.
 '''),
         code(SETUP + TO_IMAGE),
         md('''
