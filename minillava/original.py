@@ -44,6 +44,7 @@ from .chat import format_conversation
 from .config import LlavaConfig, VisionConfig
 from .errors import CheckpointError, ConfigError, PromptError, TokenizerError
 from .llava import Llava, resolve_device, resolve_dtype
+from .weights import check_names
 
 IMAGE_TOKEN = "<image>"
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
@@ -225,12 +226,7 @@ def _read_safetensors(path):
 def check_state(model, state, origin, folders):
     """Every tensor used, every parameter filled, shapes equal; else a CheckpointError naming the tensor."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(f"{' + '.join(map(str, folders))} do not fit a LLaVA-1.5 model: " + "; ".join(
-            [f"{len(missing)} parameter(s) missing, e.g. {missing[:3]}"] * bool(missing) +
-            [f"{len(unexpected)} tensor(s) unused, e.g. " + ", ".join(f"{origin[k][1]!r} in {origin[k][0]}"
-                                                                     for k in unexpected[:3])] * bool(unexpected)))
+    check_names(expected, {k: f"{origin[k][1]!r} in {origin[k][0]}" for k in state}, " + ".join(map(str, folders)))
     for k, shape in expected.items():
         if tuple(state[k].shape) != shape:
             raise CheckpointError(f"{origin[k][0]}: tensor {origin[k][1]!r} has shape {list(state[k].shape)}, "

@@ -107,6 +107,20 @@ def check_layer_counts(config, tensors, folder):
                                   f"{len(stored)} layer(s) {prefix}* (a config from another model?)")
 
 
+def check_names(expected, stored, source):
+    """Every parameter filled and every stored tensor used, else a CheckpointError naming some of each.
+    expected: the model's parameter names; stored: {canonical name: where it is stored, for the message}."""
+    missing, unexpected = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+    if missing or unexpected:
+        msg = [f"{source}: the checkpoint does not match the model built from config.json."]
+        if missing:
+            msg.append(f"{len(missing)} parameter(s) missing from the files, e.g. {missing[:3]}")
+        if unexpected:
+            msg.append(f"{len(unexpected)} tensor(s) in the files fit no parameter, e.g. "
+                       f"{', '.join(stored[k] for k in unexpected[:3])}")
+        raise CheckpointError(" ".join(msg))
+
+
 def load_weights(model, folder, device="cpu", dtype=torch.float32, progress=False, tensors=None):
     """Fill the parameters of `model` (built on the meta device) from the checkpoint in `folder`
     (`tensors`: what open_checkpoint(folder) returned, when the caller opened the files already)."""
@@ -116,16 +130,7 @@ def load_weights(model, folder, device="cpu", dtype=torch.float32, progress=Fals
     if tied:  # a tied lm_head is the embedding matrix; a stored copy is allowed but not needed
         where.pop("language_model.lm_head.weight", None)
         expected.pop("language_model.lm_head.weight", None)
-    unexpected = sorted(set(where) - set(expected))
-    missing = sorted(set(expected) - set(where))
-    if unexpected or missing:
-        msg = [f"{folder}: the checkpoint does not match the model built from config.json."]
-        if missing:
-            msg.append(f"{len(missing)} parameter(s) missing from the files, e.g. {missing[:3]}")
-        if unexpected:
-            msg.append(f"{len(unexpected)} tensor(s) in the files fit no parameter, e.g. "
-                       f"{[where[k][1] for k in unexpected[:3]]}")
-        raise CheckpointError(" ".join(msg))
+    check_names(expected, {name: f"{key!r} in {path.name}" for name, (_, key, path) in where.items()}, folder)
     state = {}
     for i, (name, shape) in enumerate(expected.items()):
         f, key, path = where[name]
