@@ -38,7 +38,9 @@ def decode_step(model, tokens, attention_mask, cache):
     real tokens so far, minus one.
     """
     position_ids = attention_mask.long().sum(-1, keepdim=True) - 1  # (B, 1)
-    logits = model(tokens[:, None], attention_mask=attention_mask, position_ids=position_ids, cache=cache)
+    # a generated token is only embedded: even an <image> id gets no image features here (as in transformers)
+    embeds = model.language_model.model.embed_tokens(tokens[:, None].to(model.device))  # (B, 1, D)
+    logits = model(None, inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, cache=cache)
     return logits[:, -1].float()
 
 

@@ -106,3 +106,18 @@ def test_prompt_beyond_context_is_refused(models):
         next(generate_tokens(ours, ids, max_new_tokens=100))
     with pytest.raises(PromptError, match="non-empty"):
         generate(ours, torch.ones(1, 0, dtype=torch.long))
+
+
+def test_a_generated_image_token_is_just_a_token(models):
+    """An untrained model may emit the <image> id; decoding goes on (transformers embeds it like any token)."""
+    ours, ref = models["mha"]
+    ids, _ = prompt(ours, 0, text_len=8, seed=50)
+    forced = generate(ours, ids, max_new_tokens=1, eos_token_id=[])
+    with torch.no_grad():  # make <image> the argmax of the first step by biasing lm_head toward it
+        row = ours.language_model.lm_head.weight[32000].clone()
+        ours.language_model.lm_head.weight[32000] = ours.language_model.lm_head.weight[int(forced[0, 0])] * 3
+        try:
+            out = generate(ours, ids, max_new_tokens=3, eos_token_id=[])
+        finally:
+            ours.language_model.lm_head.weight[32000] = row
+    assert int(out[0, 0]) == 32000 and out.shape == (1, 3)
