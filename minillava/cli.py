@@ -46,6 +46,8 @@ def build_parser():
     conv.add_argument("original")
     conv.add_argument("clip")
     conv.add_argument("out")
+    conv.add_argument("--tokenizer", default=None, help="a tokenizer.json to use (the original repos ship only "
+                                                        "tokenizer.model): e.g. llava-1.5-7b-hf's")
     return p
 
 
@@ -161,7 +163,7 @@ def main(argv=None, stdin=None, stdout=None):
             cmd_logits(args)
         elif args.command == "convert-original":
             from .original import convert_original
-            convert_original(args.original, args.clip, args.out)
+            convert_original(args.original, args.clip, args.out, tokenizer=args.tokenizer)
             print(f"wrote {args.out}")
     except MinillavaError as e:
         sys.stderr.write(f"minillava: error: {e}\n")
