@@ -51,9 +51,9 @@ def draw_scene(rng, size=IMAGE_SIZE):
     objects = []
     for (shape, color), k in zip(combos, cells):
         row, col = divmod(k, 3)
-        r = cell * rng.uniform(0.30, 0.44)  # half the shape's width
-        cx = cell * (col + 0.5) + rng.uniform(-0.12, 0.12) * cell
-        cy = cell * (row + 0.5) + rng.uniform(-0.12, 0.12) * cell
+        r = cell * rng.uniform(0.28, 0.40)  # half the shape's width: a shape never leaves its cell
+        cx = cell * (col + 0.5) + rng.uniform(-0.08, 0.08) * cell
+        cy = cell * (row + 0.5) + rng.uniform(-0.08, 0.08) * cell
         fill = tuple(min(255, max(0, v + rng.randint(-18, 18))) for v in COLORS[color])
         if shape == "circle":
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
@@ -82,7 +82,8 @@ def _background(rng, size):
 
 
 def describe(objects):
-    parts = [f"a {o['color']} {o['shape']} {PHRASES[o['position']]}" for o in objects]
+    parts = [f"{'an' if o['color'] == 'orange' else 'a'} {o['color']} {o['shape']} {PHRASES[o['position']]}"
+             for o in objects]
     text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     return text[0].upper() + text[1:] + "."
 
