@@ -52,7 +52,7 @@ CONFIG = {
                       "num_hidden_layers": 4, "num_attention_heads": 4, "image_size": shapes.IMAGE_SIZE,
                       "patch_size": PATCH, "projection_dim": 128},
     "text_config": {"model_type": "llama", "hidden_size": 192, "intermediate_size": 512, "num_hidden_layers": 4,
-                    "num_attention_heads": 6, "num_key_value_heads": 2, "max_position_embeddings": 256,
+                    "num_attention_heads": 6, "num_key_value_heads": 2, "max_position_embeddings": 2048,
                     "rms_norm_eps": 1e-5, "vocab_size": None, "bos_token_id": 1, "eos_token_id": 2},
 }
 STAGE2_KINDS = {"colour": 3, "shape": 3, "position": 3, "count": 1}  # how often each kind is asked in stage 2
@@ -101,7 +101,7 @@ def build_tokenizer(out):
     write_json(out / "tokenizer_config.json", {
         "add_bos_token": True, "add_eos_token": False, "added_tokens_decoder": decoder, "bos_token": "<s>",
         "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>", "legacy": True, "padding_side": "left",
-        "model_max_length": 256, "tokenizer_class": "LlamaTokenizer", "clean_up_tokenization_spaces": False})
+        "model_max_length": 2048, "tokenizer_class": "LlamaTokenizer", "clean_up_tokenization_spaces": False})
     write_json(out / "special_tokens_map.json", {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
                                                  "pad_token": "<pad>"})
     write_json(out / "added_tokens.json", {"<image>": n, "<pad>": n + 1})
