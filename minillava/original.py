@@ -40,7 +40,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .chat import format_conversation
+from .chat import LLAVA_CHAT_TEMPLATE, format_conversation
 from .config import LlavaConfig, VisionConfig
 from .errors import CheckpointError, ConfigError, PromptError, TokenizerError
 from .llava import Llava, resolve_device, resolve_dtype
@@ -298,17 +298,6 @@ def _write_json(path, obj):
 
 # --- processor files ------------------------------------------------------------------------------
 
-# llava-hf's chat_template.json (REFERENCE.md 5.2), so transformers' apply_chat_template works on the folder
-CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
-    "{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
-    "{{ '<image>\n' }}{% endfor %}{# Render all text next #}{% if message['role'] != 'assistant' %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}"
-    "{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
-    "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}")
-
-
 def write_processor_files(folder, clip_folder, out_folder, tokenizer=None):
     """The llava-hf processor and tokenizer files for an original checkpoint, into out_folder.
 
@@ -335,7 +324,7 @@ def write_processor_files(folder, clip_folder, out_folder, tokenizer=None):
     _write_json(out / "processor_config.json", {
         "image_token": IMAGE_TOKEN, "num_additional_image_tokens": 1, "patch_size": config.vision_config.patch_size,
         "processor_class": "LlavaProcessor", "vision_feature_select_strategy": config.vision_feature_select_strategy})
-    _write_json(out / "chat_template.json", {"chat_template": CHAT_TEMPLATE})
+    _write_json(out / "chat_template.json", {"chat_template": LLAVA_CHAT_TEMPLATE})
 
     n = config.image_token_index
     added = {IMAGE_TOKEN: n, "<pad>": n + 1}

@@ -28,19 +28,13 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from . import shapes
+from .chat import LLAVA_CHAT_TEMPLATE
 from .config import LlavaConfig
 from .generate import generate
 from .llava import Llava
 from .processor import Processor
 
 HERE = Path(__file__).parent
-TEMPLATE = ("{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}"
-            "{% endif %}{# Render all images first #}{% for content in message['content'] | selectattr('type', "
-            "'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}{# Render all text next #}{% if message['role'] != "
-            "'assistant' %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
-            "{{ content['text'] + ' '}}{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', "
-            "'equalto', 'text') %}{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}"
-            "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}")
 CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 PATCH = 16  # 96 px / 16 = a 6 x 6 grid: each cell of the scene's 3 x 3 layout is exactly 2 x 2 patches
 CONFIG = {
@@ -128,7 +122,7 @@ def write_folder_files(out, image_id):
     write_json(out / "processor_config.json", {"image_token": "<image>", "num_additional_image_tokens": 1,
                                                "patch_size": PATCH, "processor_class": "LlavaProcessor",
                                                "vision_feature_select_strategy": "default"})
-    write_json(out / "chat_template.json", {"chat_template": TEMPLATE})
+    write_json(out / "chat_template.json", {"chat_template": LLAVA_CHAT_TEMPLATE})
     return LlavaConfig.from_dict(cfg)
 
 

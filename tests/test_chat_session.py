@@ -41,6 +41,7 @@ def test_multi_turn_session_equals_rerunning_from_scratch(loaded, photos):
     model, processor = loaded
     session = ChatSession(model, processor, system="Be brief.", max_new_tokens=10)
     turns = [("What is this?", [photos[0]]), ("And the colour?", []), ("Compare with this one.", [photos[1]])]
+    previous_prompt = None
     for i, (question, images) in enumerate(turns):
         answer = "".join(session.ask(question, images=images))
         # the same conversation rendered and run from scratch, with no cache reuse
