@@ -40,11 +40,19 @@ IMAGE_SIZE = 96
 SEED_BASE = {"train": 0, "test": 10**9}  # disjoint seed ranges for training and the held-out split
 
 
-def draw_scene(rng, size=IMAGE_SIZE):
-    """Return (PIL image, list of objects); an object is a dict(shape, color, position, row, col)."""
+def draw_scene(rng, size=IMAGE_SIZE, confusable=False):
+    """Return (PIL image, list of objects); an object is a dict(shape, color, position, row, col).
+    confusable=True (training only) makes every further shape share its colour or its shape with an earlier
+    one, so that "Where is the green triangle?" cannot be answered by looking for green alone."""
     n = rng.choice([1, 2, 2, 3, 3, 4, 4])
     cells = rng.sample(range(9), n)
     combos = rng.sample([(s, c) for s in SHAPES for c in COLORS], n)  # no (shape, colour) pair twice
+    if confusable:
+        combos = combos[:1]
+        while len(combos) < n:
+            shape, color = rng.choice(combos)
+            near = [(shape, c) for c in COLORS] + [(s, color) for s in SHAPES]
+            combos.append(rng.choice([x for x in near if x not in combos]))
     img = _background(rng, size)
     draw = ImageDraw.Draw(img)
     cell = size / 3
@@ -116,13 +124,13 @@ def possible_kinds(objects):
     return ok
 
 
-def sample(seed, kind=None, size=IMAGE_SIZE):
+def sample(seed, kind=None, size=IMAGE_SIZE, confusable=False):
     """One example: dict(image, question, answer, kind, objects), a pure function of `seed`.
     With kind=None the kind is drawn uniformly; scenes that cannot answer it are redrawn."""
     rng = random.Random(seed)
     kind = kind or rng.choice(KINDS)
     while True:
-        img, objects = draw_scene(rng, size)
+        img, objects = draw_scene(rng, size, confusable)
         if kind in possible_kinds(objects):
             q, a = ask(rng, objects, kind)
             return dict(image=img, question=q, answer=a, kind=kind, objects=objects)

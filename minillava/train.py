@@ -1,6 +1,6 @@
 """Train the embedded demo: a tiny LLaVA that answers questions about drawn shapes (minillava/shapes.py).
 
-    python -m minillava.train --out minillava/demo      # ~22 minutes on 2 CPU cores
+    python -m minillava.train --out minillava/demo      # ~40 minutes on 2 CPU cores
     python -m minillava.train --eval minillava/demo     # accuracy on the 500 held-out questions
 
 The paper's recipe in miniature (Liu et al. 2023, "Improved Baselines", section 3), saved in the exact
@@ -49,8 +49,13 @@ CONFIG = {
                     "num_attention_heads": 6, "num_key_value_heads": 2, "max_position_embeddings": 2048,
                     "rms_norm_eps": 1e-5, "vocab_size": None, "bos_token_id": 1, "eos_token_id": 2},
 }
-STAGE2_KINDS = {"colour": 3, "shape": 3, "position": 3, "count": 1}  # how often each kind is asked in stage 2
-STAGE2_DESCRIBE = 0.25  # the share of stage-2 conversations that are one description
+STAGE2_KINDS = {"colour": 2, "shape": 2, "position": 4, "count": 1}  # how often each kind is asked in stage 2
+STAGE2_DESCRIBE = 0.2  # the share of stage-2 conversations that are one description
+# The share of stage-2 scenes whose shapes share colours and shapes (shapes.draw_scene(confusable=True)).
+# In natural scenes most position questions can be answered from the colour or the shape alone; without
+# these the model never learns to bind the two and answers with the place of another green shape.
+STAGE2_CONFUSABLE = 0.5
+MINUTES = (2, 2, 26, 8)  # stage 0 (tower), stage 1 (captions), stage 2 (conversations), final decay
 
 
 # --- the tokenizer: a Llama-style BPE with byte fallback, trained on every text the dataset has -------
@@ -149,11 +154,12 @@ def conversation(rng, stage):
     to each a single word or phrase, or a single description (LLaVA-1.5 also packs the questions about
     one image into one multi-turn conversation: the image is encoded once for several answers)."""
     seed = rng.randrange(10**9)  # the training seeds; the held-out split starts at 10**9
+    confusable = stage == 2 and rng.random() < STAGE2_CONFUSABLE
     if stage == 1 or rng.random() < STAGE2_DESCRIBE:
-        ex = shapes.sample(seed, "description")
+        ex = shapes.sample(seed, "description", confusable=confusable)
         return ex["image"], [(ex["question"], ex["answer"])]
     kinds = rng.choices(list(STAGE2_KINDS), weights=list(STAGE2_KINDS.values()), k=rng.randint(1, 4))
-    ex = shapes.sample(seed, kinds[0])
+    ex = shapes.sample(seed, kinds[0], confusable=confusable)
     turns, qrng = [(ex["question"], ex["answer"])], random.Random(seed + 1)
     for kind in kinds[1:]:
         q, a = shapes.ask(qrng, ex["objects"], kind) if kind in shapes.possible_kinds(ex["objects"]) else (None, None)
@@ -264,7 +270,7 @@ def pretrain_tower(model, processor, rng, seconds, batch_size=32, lr=1e-3):
     return loss.item()
 
 
-def train(out, minutes=(2, 2, 14, 2), batch_size=32, lr=1e-3, seed=0):
+def train(out, minutes=MINUTES, batch_size=32, lr=1e-3, seed=0):
     """minutes: stage 0 (tower), stage 1 (captions), stage 2 (conversations), and the final decay of stage 2."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -347,7 +353,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(HERE / "demo"))
     ap.add_argument("--eval", default=None, metavar="FOLDER", help="only evaluate FOLDER on the 500 held-out questions")
-    ap.add_argument("--minutes", type=float, nargs=4, default=(2, 2, 14, 2),
+    ap.add_argument("--minutes", type=float, nargs=4, default=MINUTES,
                     help="stage 0 (tower), stage 1 (captions), stage 2 (conversations), final decay")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--plot", default=None, metavar="FOLDER", help="only draw FOLDER/training_curve.png from its log")

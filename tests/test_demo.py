@@ -64,5 +64,15 @@ def test_dataset_is_deterministic():
     assert [(x["question"], x["answer"]) for x in a] == [(x["question"], x["answer"]) for x in b]
     assert all((x["image"].tobytes() == y["image"].tobytes()) for x, y in zip(a, b))
     assert [x["kind"] for x in a[:5]] == shapes.KINDS
-    # training draws seeds below 10**9 (minillava.train.draw_examples): the held-out split never overlaps it
+    # training draws seeds below 10**9 (minillava.train.conversation): the held-out split never overlaps it
     assert shapes.SEED_BASE["test"] >= 10**9
+
+
+def test_confusable_scenes_share_colours_and_shapes():
+    # training-only scenes where a position question needs colour and shape together
+    for seed in range(30):
+        objects = shapes.sample(seed, "position", confusable=True)["objects"]
+        pairs = [(o["color"], o["shape"]) for o in objects]
+        assert len(set(pairs)) == len(pairs)  # still no (colour, shape) pair twice
+        for i, (color, shape) in enumerate(pairs):  # each shares its colour or its shape with another one
+            assert len(pairs) == 1 or any(c == color or s == shape for j, (c, s) in enumerate(pairs) if j != i), pairs
