@@ -70,8 +70,9 @@ class KVCache:
 
     def __init__(self, cfg: TextConfig, batch_size, max_len, device, dtype):
         shape = (batch_size, cfg.num_key_value_heads, max_len, cfg.head_dim)  # (B, n_kv_heads, max_len, head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
+        # uninitialised (no pass to zero it): attention only ever reads the filled positions
+        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
+        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
         self.max_len = max_len
         self.length = 0
 
@@ -87,8 +88,8 @@ class KVCache:
         """A cache with room for max_len positions holding the same filled prefix (chat sessions grow theirs)."""
         B, n_kv, _, hd = self.k[0].shape
         new = KVCache.__new__(KVCache)
-        new.k = [x.new_zeros(B, n_kv, max_len, hd) for x in self.k]
-        new.v = [x.new_zeros(B, n_kv, max_len, hd) for x in self.v]
+        new.k = [x.new_empty(B, n_kv, max_len, hd) for x in self.k]
+        new.v = [x.new_empty(B, n_kv, max_len, hd) for x in self.v]
         new.max_len, new.length = max_len, self.length
         for old, fresh in zip(self.k + self.v, new.k + new.v):
             fresh[:, :, :self.length] = old[:, :, :self.length]
