@@ -152,9 +152,8 @@ def main():
     folder = build_checkpoint(a.size, a.ckpt or Path.home() / ".cache" / "minillava-bench" / a.size)
     size_mb = sum(f.stat().st_size for f in Path(folder).glob("*.safetensors")) / 2**20
     impls = ["minillava", "transformers"]
-    res = {i: {"load_s": [], "load_peak_mb": [], "load_and_forward_s": [], "after_forward_peak_mb": [], "ttft_s": [],
-               "decode_tok_s_b1": [],
-               "decode_tok_s_b4": []} for i in impls}
+    res = {i: {k: [] for k in ("load_s", "load_peak_mb", "load_and_forward_s", "after_forward_peak_mb", "ttft_s",
+                               "decode_tok_s_b1", "decode_tok_s_b4")} for i in impls}
 
     # 1. loading, each in a fresh process, alternating
     for _ in range(a.repeats):
@@ -220,8 +219,8 @@ def main():
     except ImportError:
         return
     fig, ax = plt.subplots(figsize=(7, 3.2))
-    shown = [r for r in rows if r[1] != "after_forward_peak_mb"]
-    labels = [r[0] for r in shown]
+    shown = [row for row in rows if row[1] != "after_forward_peak_mb"]
+    labels = [label for label, _, _ in shown]
     speedup = [1 / r[k] if better == "lower" else r[k] for _, k, better in shown]
     ax.barh(labels, speedup, color=["tab:green" if s >= 1 else "tab:red" for s in speedup])
     ax.axvline(1, color="k", lw=0.8)
