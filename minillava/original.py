@@ -38,17 +38,16 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from .chat import LLAVA_CHAT_TEMPLATE, format_conversation
+from .chat import format_conversation
 from .config import LlavaConfig, VisionConfig
 from .errors import CheckpointError, ConfigError, PromptError, TokenizerError
+from .folder import CLIP_MEAN, CLIP_STD, save_weights, write_json, write_processor_configs
 from .llava import Llava, resolve_device, resolve_dtype
 from .weights import check_names
 
 IMAGE_TOKEN = "<image>"
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 # LlamaConfig fields an original config.json carries that belong in llava-hf's text_config
 TEXT_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
              "head_dim", "max_position_embeddings", "rms_norm_eps", "rope_theta", "rope_scaling", "hidden_act",
@@ -270,30 +269,12 @@ def convert_original(folder, clip_folder, out_folder, tokenizer=None, dtype=None
     check_state(check, state, origin, (folder, clip_folder))
     out.mkdir(parents=True, exist_ok=True)
     cfg["torch_dtype"] = cfg["text_config"]["torch_dtype"] = str(dtype).removeprefix("torch.")
-    _write_json(out / "config.json", cfg)
-    _write_json(out / "generation_config.json", {"_from_model_config": True, "bos_token_id": 1, "eos_token_id": 2,
-                                                 "pad_token_id": config.pad_token_id})
-    state = {k: v.to(dtype).contiguous() for k, v in sorted(state.items())}
-    shards, size = [[]], 0  # greedy shards of at most max_shard_bytes, in key order, as transformers writes them
-    for k, v in state.items():
-        if shards[-1] and size + v.nbytes > max_shard_bytes:
-            shards, size = shards + [[]], 0
-        shards[-1].append(k)
-        size += v.nbytes
-    names = ["model.safetensors"] if len(shards) == 1 else [
-        f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    for name, keys in zip(names, shards):
-        save_file({k: state[k] for k in keys}, str(out / name), metadata={"format": "pt"})
-    if len(shards) > 1:
-        total = sum(v.nbytes for v in state.values())
-        _write_json(out / "model.safetensors.index.json", {"metadata": {"total_size": total},
-                                                          "weight_map": {k: n for n, ks in zip(names, shards) for k in ks}})
+    write_json(out / "config.json", cfg)
+    write_json(out / "generation_config.json", {"_from_model_config": True, "bos_token_id": 1, "eos_token_id": 2,
+                                                "pad_token_id": config.pad_token_id})
+    save_weights({k: v.to(dtype) for k, v in state.items()}, out, max_shard_bytes)
     write_processor_files(folder, clip_folder, out, tokenizer)
     return out
-
-
-def _write_json(path, obj):
-    Path(path).write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 # --- processor files ------------------------------------------------------------------------------
@@ -313,18 +294,7 @@ def write_processor_files(folder, clip_folder, out_folder, tokenizer=None):
     _, config = llava_hf_config(folder, clip_folder)
     pad = _read_json(folder / "config.json").get("image_aspect_ratio") == "pad"
     clip_pre = _read_json(clip_folder / "preprocessor_config.json", {})
-    size = config.vision_config.image_size
-    _write_json(out / "preprocessor_config.json", {
-        "crop_size": {"height": size, "width": size}, "do_center_crop": True, "do_convert_rgb": True,
-        "do_normalize": True, **({"do_pad": True} if pad else {}), "do_rescale": True, "do_resize": True,
-        "image_mean": clip_pre.get("image_mean", CLIP_MEAN),
-        "image_processor_type": "LlavaImageProcessor" if pad else "CLIPImageProcessor",
-        "image_std": clip_pre.get("image_std", CLIP_STD), "processor_class": "LlavaProcessor", "resample": 3,
-        "rescale_factor": 0.00392156862745098, "size": {"shortest_edge": size}})
-    _write_json(out / "processor_config.json", {
-        "image_token": IMAGE_TOKEN, "num_additional_image_tokens": 1, "patch_size": config.vision_config.patch_size,
-        "processor_class": "LlavaProcessor", "vision_feature_select_strategy": config.vision_feature_select_strategy})
-    _write_json(out / "chat_template.json", {"chat_template": LLAVA_CHAT_TEMPLATE})
+    write_processor_configs(out, config, clip_pre.get("image_mean", CLIP_MEAN), clip_pre.get("image_std", CLIP_STD), pad)
 
     n = config.image_token_index
     added = {IMAGE_TOKEN: n, "<pad>": n + 1}
@@ -353,11 +323,11 @@ def write_processor_files(folder, clip_folder, out_folder, tokenizer=None):
         "0": {"content": "<unk>", **token}, "1": {"content": "<s>", **token}, "2": {"content": "</s>", **token}})
     decoder.update({str(i): {"content": c, **token} for c, i in added.items()})
     tok_config.update(pad_token="<pad>", padding_side="left", processor_class="LlavaProcessor")
-    _write_json(out / "tokenizer_config.json", tok_config)
+    write_json(out / "tokenizer_config.json", tok_config)
     special = _read_json(folder / "special_tokens_map.json", {
         "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"})
-    _write_json(out / "special_tokens_map.json", {**special, "pad_token": "<pad>"})
-    _write_json(out / "added_tokens.json", added)
+    write_json(out / "special_tokens_map.json", {**special, "pad_token": "<pad>"})
+    write_json(out / "added_tokens.json", added)
     return out
 
 

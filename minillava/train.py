@@ -28,14 +28,13 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from . import shapes
-from .chat import LLAVA_CHAT_TEMPLATE
 from .config import LlavaConfig
+from .folder import save_weights, write_json, write_processor_configs
 from .generate import generate
 from .llava import Llava
 from .processor import Processor
 
 HERE = Path(__file__).parent
-CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 PATCH = 16  # 96 px / 16 = a 6 x 6 grid: each cell of the scene's 3 x 3 layout is exactly 2 x 2 patches
 CONFIG = {
     "architectures": ["LlavaForConditionalGeneration"], "model_type": "llava", "image_token_index": None,
@@ -107,10 +106,6 @@ def build_tokenizer(out):
     return n  # the id of <image>; <pad> is n + 1
 
 
-def write_json(path, obj):
-    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-
-
 def write_folder_files(out, image_id):
     """config.json and the processor files, in the llava-hf layout."""
     cfg = json.loads(json.dumps(CONFIG))
@@ -118,17 +113,10 @@ def write_folder_files(out, image_id):
     cfg["text_config"]["vocab_size"] = math.ceil((image_id + 2) / 64) * 64  # padded to a multiple of 64, as llava-hf
     write_json(out / "config.json", cfg)
     write_json(out / "generation_config.json", {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": image_id + 1})
-    size = shapes.IMAGE_SIZE
-    write_json(out / "preprocessor_config.json", {
-        "crop_size": {"height": size, "width": size}, "do_center_crop": True, "do_convert_rgb": True,
-        "do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": CLIP_MEAN,
-        "image_processor_type": "CLIPImageProcessor", "image_std": CLIP_STD, "processor_class": "LlavaProcessor",
-        "resample": 3, "rescale_factor": 1 / 255, "size": {"shortest_edge": size}})
-    write_json(out / "processor_config.json", {"image_token": "<image>", "num_additional_image_tokens": 1,
-                                               "patch_size": PATCH, "processor_class": "LlavaProcessor",
-                                               "vision_feature_select_strategy": "default"})
-    write_json(out / "chat_template.json", {"chat_template": LLAVA_CHAT_TEMPLATE})
-    return LlavaConfig.from_dict(cfg)
+    config = LlavaConfig.from_dict(cfg)
+    write_processor_configs(out, config)
+    return config
+
 
 
 # --- data: conversations about one image, rendered exactly as the chat template renders them ---------
@@ -312,7 +300,7 @@ def train(out, minutes=MINUTES, batch_size=32, lr=1e-3, seed=0):
                               **{k: round(v, 3) for k, v in acc.items()}})
                 print(json.dumps(curve[-1]), flush=True)
                 next_eval = elapsed + 120
-    save(model, out)
+    save_weights(model.state_dict(), out)  # the module names are already the hub's keys
     acc = evaluate(Llava.from_pretrained(out), processor, shapes.split("test", 500))
     log = {"train_minutes": round((time.time() - start) / 60, 1), "steps": step, "batch_size": batch_size,
            "torch": torch.__version__, "threads": torch.get_num_threads(), "test_accuracy": acc, "curve": curve}
@@ -341,12 +329,6 @@ def plot_curve(folder):
     ax.legend(fontsize=7, ncol=3)
     fig.tight_layout()
     fig.savefig(Path(folder) / "training_curve.png", dpi=70)
-
-
-def save(model, out):
-    from safetensors.torch import save_file
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}  # keys are already the hub's
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
 
 
 def main():
