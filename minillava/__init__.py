@@ -12,7 +12,7 @@ from .errors import (CheckpointError, ConfigError, DeviceError, GenerationError,
 from .llava import Llava
 from .processor import Processor
 
-DEMO = Path(__file__).parent / "demo"  # the tiny LLaVA minillava trains itself (see minillava/train.py)
+DEMO = Path(__file__).parent / "demo"  # the tiny LLaVA minillava trains itself (see minillava/demo/train.py)
 
 
 def load(path=None, device="cpu", dtype=None, progress=False):

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 import minillava
-from minillava import shapes
+from minillava.demo import shapes
 
 plt.rcParams.update({"figure.dpi": 70, "font.size": 9})
 
@@ -55,7 +55,7 @@ def to_image(pixel_values):
     return (pixel_values * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
 '''
 
-# A held-out example of the dataset the demo was trained on (minillava/shapes.py): seeds from
+# A held-out example of the dataset the demo was trained on (minillava/demo/shapes.py): seeds from
 # shapes.SEED_BASE["test"] on are never used for training.
 EXAMPLE = '''
 example = shapes.sample(shapes.SEED_BASE["test"] + {seed}, kind="{kind}")
@@ -92,7 +92,7 @@ Each step is done here by hand with the helpers of `minillava.images`, then chec
         md('''
 ## The photo
 
-The demo checkpoint was trained on coloured shapes drawn by `minillava.shapes`. Its scenes are square; to see
+The demo checkpoint was trained on coloured shapes drawn by `minillava.demo.shapes`. Its scenes are square; to see
 what the crop does to a photo that is not, we put two scenes side by side: a photo twice as wide as it is tall.
 '''),
         code('''

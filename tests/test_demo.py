@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import minillava
-from minillava import shapes
-from minillava.train import evaluate, prompt_of
+from minillava.demo import shapes
+from minillava.demo.train import evaluate, prompt_of
 
 DEMO = minillava.DEMO
 
@@ -64,7 +64,7 @@ def test_dataset_is_deterministic():
     assert [(x["question"], x["answer"]) for x in a] == [(x["question"], x["answer"]) for x in b]
     assert all((x["image"].tobytes() == y["image"].tobytes()) for x, y in zip(a, b))
     assert [x["kind"] for x in a[:5]] == shapes.KINDS
-    # training draws seeds below 10**9 (minillava.train.conversation): the held-out split never overlaps it
+    # training draws seeds below 10**9 (minillava.demo.train.conversation): the held-out split never overlaps it
     assert shapes.SEED_BASE["test"] >= 10**9
 
 

@@ -155,7 +155,7 @@ def all_texts():
     return sorted(set(texts))
 
 
-if __name__ == "__main__":  # python -m minillava.shapes: write a few examples to shapes_*.png and print them
+if __name__ == "__main__":  # python -m minillava.demo.shapes: write a few examples to shapes_*.png and print them
     for i, ex in enumerate(split("test", 10)):
         ex["image"].resize((288, 288), Image.NEAREST).save(f"shapes_{i}.png")
         print(f"shapes_{i}.png  [{ex['kind']}] {ex['question']} -> {ex['answer']}")

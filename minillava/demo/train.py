@@ -1,7 +1,7 @@
-"""Train the embedded demo: a tiny LLaVA that answers questions about drawn shapes (minillava/shapes.py).
+"""Train the embedded demo: a tiny LLaVA that answers questions about drawn shapes (minillava/demo/shapes.py).
 
-    python -m minillava.train --out minillava/demo      # ~40 minutes on 2 CPU cores
-    python -m minillava.train --eval minillava/demo     # accuracy on the 500 held-out questions
+    python -m minillava.demo.train --out minillava/demo # ~40 minutes on 2 CPU cores
+    python -m minillava.demo.train --eval minillava/demo     # accuracy on the 500 held-out questions
 
 The paper's recipe in miniature (Liu et al. 2023, "Improved Baselines", section 3), saved in the exact
 llava-hf layout so that transformers' LlavaForConditionalGeneration loads it too:
@@ -28,11 +28,11 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from . import shapes
-from .config import LlavaConfig
-from .folder import save_weights, write_json, write_processor_configs
-from .generate import generate
-from .llava import Llava
-from .processor import Processor
+from ..config import LlavaConfig
+from ..folder import save_weights, write_json, write_processor_configs
+from ..generate import generate
+from ..llava import Llava
+from ..processor import Processor
 
 HERE = Path(__file__).parent
 PATCH = 16  # 96 px / 16 = a 6 x 6 grid: each cell of the scene's 3 x 3 layout is exactly 2 x 2 patches
@@ -333,7 +333,7 @@ def plot_curve(folder):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=str(HERE / "demo"))
+    ap.add_argument("--out", default=str(HERE))
     ap.add_argument("--eval", default=None, metavar="FOLDER", help="only evaluate FOLDER on the 500 held-out questions")
     ap.add_argument("--minutes", type=float, nargs=4, default=MINUTES,
                     help="stage 0 (tower), stage 1 (captions), stage 2 (conversations), final decay")
