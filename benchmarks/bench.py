@@ -67,8 +67,8 @@ def peak_rss_mb():
 
 def load(impl, folder, device, dtype):
     if impl == "minillava":
-        from minillava import Llava
-        return Llava.from_pretrained(folder, device=device, dtype=dtype)
+        from minillava import load_model
+        return load_model(folder, device=device, dtype=dtype)
     from transformers import LlavaForConditionalGeneration
     return LlavaForConditionalGeneration.from_pretrained(folder, dtype=dtype).to(device).eval()
 
@@ -106,7 +106,7 @@ def timed(fn, device):
 def runner(impl, model, device):
     """gen(ids, pv, n) -> run greedy generation of n new tokens without early stopping."""
     if impl == "minillava":
-        from minillava.generate import generate
+        from minillava.generation import generate
         return lambda ids, pv, n: generate(model, ids, pv, max_new_tokens=n, eos_token_id=[])
     model.generation_config.eos_token_id = None
     return lambda ids, pv, n: model.generate(input_ids=ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,

@@ -14,8 +14,6 @@ Two formats:
   eval scripts; REFERENCE.md 3.4): a system prompt, "USER: ..." and "ASSISTANT: ..." separated by " ",
   "</s>" after each assistant turn, and the image markers moved to the start of the first user message.
 """
-import torch
-
 from .errors import PromptError
 
 VICUNA_V1_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
@@ -122,86 +120,3 @@ def _split_message(message, i):
         else:
             raise PromptError(f"message {i}, item {j}: type {kind!r}, expected 'text' or 'image' (item {item!r})")
     return role, n_images, texts
-
-
-# ---- a chat session that keeps its KV cache ------------------------------------------------------------
-
-
-class ChatSession:
-    """A conversation with a model that remembers its keys and values between turns.
-
-    Each turn renders the whole conversation with the chat template and tokenizes it, exactly as a
-    from-scratch run would, then keeps the longest prefix the cache already holds and runs only the
-    rest: a follow-up question costs its own tokens, not the whole history. Images can come with
-    any turn.
-
-        session = ChatSession(model, processor)
-        print("".join(session.ask("What is this?", images=["photo.jpg"])))
-        print("".join(session.ask("And what colour is it?")))
-    """
-
-    def __init__(self, model, processor, system=None, max_new_tokens=256, temperature=0.0, top_k=0, top_p=1.0,
-                 generator=None):
-        self.model, self.processor, self.system = model, processor, system
-        self.settings = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                             generator=generator)
-        self.reset()
-
-    def reset(self):
-        self.messages = [{"role": "system", "content": self.system}] if self.system else []
-        self.images = []  # every image of the conversation, in order
-        self.cached_ids = []  # the token ids whose keys and values are in self.cache
-        self.cache = None
-        self.last_tokens = []  # the ids of the last answer, EOS included
-        self.reused_tokens = 0  # how many prompt tokens the last turn found in the cache
-
-    def ask(self, text, images=()):
-        """Add a user turn and yield the assistant's answer as text pieces."""
-        from .generate import check_settings, decode_pieces, generate_tokens
-        from .images import load_image
-        check_settings(**{k: v for k, v in self.settings.items() if k != "generator"})
-        new_images = [load_image(x, len(self.images) + i) for i, x in enumerate(images)]
-        messages = self.messages + [user_message(text, len(new_images))]
-        prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True)
-        inputs = self.processor(text=prompt, images=(self.images + new_images) or None)
-        ids = inputs["input_ids"][0].tolist()
-        keep = self.reused_tokens = self._reusable_prefix(ids)
-        image_id = self.model.config.image_token_index
-        images_before = sum(1 for i in range(keep) if ids[i] == image_id and (i == 0 or ids[i - 1] != image_id))
-        pixel_values = inputs.get("pixel_values")
-        pixel_values = pixel_values[images_before:] if pixel_values is not None and images_before < len(pixel_values) else None
-        self._make_room(len(ids) + self.settings["max_new_tokens"])
-        self.cache.length = keep  # forget whatever the cache holds beyond the shared prefix
-        tokens = generate_tokens(self.model, torch.tensor([ids[keep:]]), pixel_values,
-                                 attention_mask=torch.ones(1, len(ids), dtype=torch.long), cache=self.cache,
-                                 **self.settings)
-        self.last_tokens = []
-        yield from decode_pieces(self.processor, (int(t[0]) for t in tokens), out=self.last_tokens)
-        # the cache now holds the prompt and every answer token but the last (which was never fed back)
-        self.cached_ids = ids + self.last_tokens[:-1]
-        answer = self.processor.decode(self.last_tokens, skip_special_tokens=True)
-        self.messages = messages + [{"role": "assistant", "content": [{"type": "text", "text": answer}]}]
-        self.images += new_images
-
-    def _reusable_prefix(self, ids):
-        keep = 0
-        for a, b in zip(self.cached_ids, ids):
-            if a != b:
-                break
-            keep += 1
-        keep = min(keep, len(ids) - 1)  # at least one token must run to produce the next logits
-        image_id = self.model.config.image_token_index
-        while 0 < keep < len(ids) and ids[keep] == image_id and ids[keep - 1] == image_id:
-            keep -= 1  # never split an image's run of tokens: its features are scattered whole
-        return keep
-
-    def _make_room(self, needed):
-        limit = self.model.config.text_config.max_position_embeddings
-        if needed > limit:
-            raise PromptError(f"the conversation is {needed - self.settings['max_new_tokens']} tokens; with "
-                              f"max_new_tokens {self.settings['max_new_tokens']} it exceeds the context length {limit} "
-                              f"(text_config.max_position_embeddings): reset() the session")
-        if self.cache is None:
-            self.cache = self.model.new_cache(1, min(limit, max(needed, 1024)))
-        elif self.cache.max_len < needed:  # grow geometrically, so a long chat reallocates rarely
-            self.cache = self.cache.resized(min(limit, max(needed, 2 * self.cache.max_len)))

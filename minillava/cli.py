@@ -64,7 +64,7 @@ def sampling(args):
 
 
 def cmd_ask(args, out):
-    from .chat import ChatSession
+    from .generation import ChatSession
     model, processor = load(args)
     session = ChatSession(model, processor, system=args.system, **sampling(args))
     for piece in session.ask(args.question, images=args.image):
@@ -74,7 +74,7 @@ def cmd_ask(args, out):
 
 
 def cmd_chat(args, out, inp):
-    from .chat import ChatSession
+    from .generation import ChatSession
     model, processor = load(args)
     session = ChatSession(model, processor, system=args.system, **sampling(args))
     pending = list(args.image)
@@ -129,20 +129,7 @@ def cmd_logits(args):
         conv = ([{"role": "system", "content": args.system}] if args.system else []) + [user_message(args.question, len(images))]
         text = processor.apply_chat_template(conv, add_generation_prompt=True)
     inputs = processor(text=text, images=images or None)
-    stages = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
-    with torch.no_grad():
-        pv = inputs.get("pixel_values")
-        image_features = None
-        if pv is not None:
-            stages["pixel_values"] = pv
-            for layer, h in zip(model.config.feature_layers, model.vision_tower(pv.to(model.device), model.config.feature_layers)):
-                stages[f"vision_hidden_states.{layer}"] = h  # the raw selected layer, CLS token included
-            stages["vision_features"] = model.vision_features(pv.to(model.device))  # what enters the projector
-            image_features = model.multi_modal_projector(stages["vision_features"])
-            stages["image_features"] = image_features
-        embeds = model.embed(inputs["input_ids"], image_features=image_features)
-        stages["inputs_embeds"] = embeds
-        stages["logits"] = model(inputs["input_ids"], inputs_embeds=embeds, attention_mask=inputs["attention_mask"])
+    stages = model.stages(**inputs)
     stages = {k: v.detach().cpu().contiguous() for k, v in stages.items()}
     save_file(stages, args.out, metadata={"prompt": text, "model": str(args.model or "demo"),
                                           "dtype": str(model.dtype), "images": "\n".join(args.image)})

@@ -9,8 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import VisionConfig
-from .llama import Embedding  # nn.Embedding that builds instantly on the meta device
-from .errors import ImageError
+from .layers import Embedding
 
 
 def quick_gelu(x):
@@ -25,15 +24,8 @@ class CLIPVisionEmbeddings(nn.Module):
         self.class_embedding = nn.Parameter(torch.empty(D))
         self.patch_embedding = nn.Conv2d(cfg.num_channels, D, kernel_size=P, stride=P, bias=False)
         self.position_embedding = Embedding(cfg.num_patches + 1, D)  # +1 for the class token
-        self.image_size = cfg.image_size
 
-    def forward(self, pixel_values):  # (B, 3, H, W)
-        C = self.patch_embedding.in_channels
-        if not torch.is_tensor(pixel_values) or pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (
-                C, self.image_size, self.image_size):  # transformers raises too: LLaVA-1.5 never interpolates
-            got = tuple(pixel_values.shape) if torch.is_tensor(pixel_values) else type(pixel_values).__name__
-            raise ImageError(f"pixel_values are {got}, the vision tower expects (n_images, {C}, {self.image_size}, "
-                             f"{self.image_size}) (vision_config.image_size; images preprocessed for another model?)")
+    def forward(self, pixel_values):  # (B, 3, H, W), H = W = image_size: LLaVA-1.5 never interpolates positions
         B = pixel_values.shape[0]
         w = self.patch_embedding.weight
         x = self.patch_embedding(pixel_values.to(device=w.device, dtype=w.dtype))  # (B, D, H/P, W/P)
@@ -48,7 +40,10 @@ class CLIPAttention(nn.Module):
         super().__init__()
         D = cfg.hidden_size
         self.n_heads, self.head_dim = cfg.num_attention_heads, D // cfg.num_attention_heads
-        self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(D, D) for _ in range(4))
+        self.q_proj = nn.Linear(D, D)
+        self.k_proj = nn.Linear(D, D)
+        self.v_proj = nn.Linear(D, D)
+        self.out_proj = nn.Linear(D, D)
 
     def forward(self, x):  # (B, N, D)
         B, N, D = x.shape
@@ -89,6 +84,14 @@ class CLIPEncoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(CLIPEncoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
 
+    def forward(self, x, n_layers=None):
+        """(B, N, D) -> the hidden states [input, after layer 1, ..., after layer n_layers] (all layers by default)."""
+        hidden_states = [x]
+        for layer in self.layers[:n_layers]:
+            x = layer(x)
+            hidden_states.append(x)
+        return hidden_states
+
 
 class CLIPVisionTransformer(nn.Module):
     def __init__(self, cfg: VisionConfig):
@@ -99,6 +102,11 @@ class CLIPVisionTransformer(nn.Module):
         # Loaded (it is in every checkpoint) but never run: LLaVA takes an inner layer's output
         self.post_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
 
+    def forward(self, pixel_values, n_layers=None):
+        """(B, 3, H, W) -> transformers' `hidden_states` tuple as a list: index 0 is the embeddings after
+        `pre_layrnorm`, index i the output of encoder layer i (up to n_layers; all by default)."""
+        return self.encoder(self.pre_layrnorm(self.embeddings(pixel_values)), n_layers)  # each (B, 1 + n_patches, D)
+
 
 class CLIPVisionModel(nn.Module):
     def __init__(self, cfg: VisionConfig):
@@ -106,17 +114,13 @@ class CLIPVisionModel(nn.Module):
         self.vision_model = CLIPVisionTransformer(cfg)
 
     def forward(self, pixel_values, layers):
-        """Hidden states at the given indices of the (num_hidden_layers + 1)-long hidden_states tuple.
+        """Hidden states at the given indices of the (num_hidden_layers + 1)-long hidden_states list.
 
-        Index 0 is the embeddings after `pre_layrnorm`; index i is the output of encoder layer i - 1.
         LLaVA-1.5 takes index -2 = 23 (the penultimate layer: the paper found the last layer's
         features too focused on the global, contrastive image summary). Layers after the deepest
         requested index are skipped, since nothing reads them.
         """
-        m = self.vision_model
-        x = m.pre_layrnorm(m.embeddings(pixel_values))  # (B, 1 + n_patches, D)
-        out = {0: x}
-        for i, layer in enumerate(m.encoder.layers[:max(layers)]):
-            x = layer(x)
-            out[i + 1] = x
-        return [out[i] for i in layers]
+        n = len(self.vision_model.encoder.layers) + 1
+        layers = [i % n for i in layers]  # -2 -> 23 for a 24-layer tower
+        hidden_states = self.vision_model(pixel_values, n_layers=max(layers))
+        return [hidden_states[i] for i in layers]

@@ -11,16 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import TextConfig
-
-
-class Embedding(nn.Embedding):
-    """nn.Embedding, except that the random init is skipped on the meta device: there it would
-    only cost time (torch's meta `normal_` imports torch._dynamo, ~2 s), since a checkpoint
-    overwrites every weight anyway."""
-
-    def reset_parameters(self):
-        if not self.weight.is_meta:
-            super().reset_parameters()
+from .errors import GenerationError
+from .layers import Embedding
 
 
 class RMSNorm(nn.Module):
@@ -68,18 +60,18 @@ class KVCache:
     `length` is how many positions are filled; a forward pass writes its T new positions after it.
     """
 
-    def __init__(self, cfg: TextConfig, batch_size, max_len, device, dtype):
-        shape = (batch_size, cfg.num_key_value_heads, max_len, cfg.head_dim)  # (B, n_kv_heads, max_len, head_dim)
+    def __init__(self, n_layers, shape, device, dtype):  # shape: (B, n_kv_heads, max_len, head_dim)
         # uninitialised (no pass to zero it): attention only ever reads the filled positions
-        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
-        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(cfg.num_hidden_layers)]
-        self.max_len = max_len
+        self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.max_len = shape[2]
         self.length = 0
 
     def update(self, layer, k, v):  # k, v: (B, n_kv_heads, T, head_dim)
         start, T = self.length, k.shape[2]
         if start + T > self.max_len:
-            raise ValueError(f"KV cache holds {self.max_len} positions, {start} used, {T} more requested")
+            raise GenerationError(f"the KV cache holds {self.max_len} positions, {start} are used and {T} more were "
+                                  f"asked for: start from a cache of at least {start + T} (new_cache(B, max_len))")
         self.k[layer][:, :, start:start + T] = k
         self.v[layer][:, :, start:start + T] = v
         return self.k[layer][:, :, :start + T], self.v[layer][:, :, :start + T]
@@ -87,10 +79,8 @@ class KVCache:
     def resized(self, max_len):
         """A cache with room for max_len positions holding the same filled prefix (chat sessions grow theirs)."""
         B, n_kv, _, hd = self.k[0].shape
-        new = KVCache.__new__(KVCache)
-        new.k = [x.new_empty(B, n_kv, max_len, hd) for x in self.k]
-        new.v = [x.new_empty(B, n_kv, max_len, hd) for x in self.v]
-        new.max_len, new.length = max_len, self.length
+        new = KVCache(len(self.k), (B, n_kv, max_len, hd), self.k[0].device, self.k[0].dtype)
+        new.length = self.length
         for old, fresh in zip(self.k + self.v, new.k + new.v):
             fresh[:, :, :self.length] = old[:, :, :self.length]
         return new
@@ -129,8 +119,10 @@ class LlamaMLP(nn.Module):
 
     def __init__(self, cfg: TextConfig):
         super().__init__()
-        D, F_, b = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
-        self.gate_proj, self.up_proj, self.down_proj = nn.Linear(D, F_, bias=b), nn.Linear(D, F_, bias=b), nn.Linear(F_, D, bias=b)
+        D, hidden, b = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
+        self.gate_proj = nn.Linear(D, hidden, bias=b)
+        self.up_proj = nn.Linear(D, hidden, bias=b)
+        self.down_proj = nn.Linear(hidden, D, bias=b)
 
     def forward(self, x):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -152,9 +144,30 @@ class LlamaDecoderLayer(nn.Module):
 class LlamaModel(nn.Module):
     def __init__(self, cfg: TextConfig):
         super().__init__()
+        self.config = cfg
         self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, inputs_embeds, attention_mask=None, position_ids=None, cache=None):
+        """inputs_embeds (B, T, D) -> the final hidden states (B, T, D), normalised.
+
+        attention_mask: (B, S) with 1 for real tokens, 0 for padding, covering the cached positions
+        too (S = cache.length + T). position_ids default to cache.length + arange(T), like
+        transformers' forward (generation passes cumsum(mask) - 1 instead, see generation.py).
+        """
+        B, T, _ = inputs_embeds.shape
+        start = cache.length if cache is not None else 0
+        if position_ids is None:
+            position_ids = torch.arange(start, start + T, device=inputs_embeds.device).expand(B, T)
+        cos, sin = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, inputs_embeds.dtype)
+        mask = attention_mask_4d(attention_mask, start, T, self.config.sliding_window, inputs_embeds.device)
+        x = inputs_embeds
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask, cache)
+        if cache is not None:
+            cache.length += T
+        return self.norm(x)
 
 
 def attention_mask_4d(attention_mask, start, T, sliding_window, device):
@@ -192,27 +205,14 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 
     def new_cache(self, batch_size, max_len, device=None, dtype=None):
-        w = self.lm_head.weight
-        return KVCache(self.config, batch_size, max_len, device or w.device, dtype or w.dtype)
+        cfg, w = self.config, self.lm_head.weight
+        return KVCache(cfg.num_hidden_layers, (batch_size, cfg.num_key_value_heads, max_len, cfg.head_dim),
+                       device or w.device, dtype or w.dtype)
 
     def forward(self, inputs_embeds, attention_mask=None, position_ids=None, cache=None, logits_to_keep=0):
         """inputs_embeds (B, T, D) -> logits (B, T', vocab) in the model dtype.
 
-        attention_mask: (B, S) with 1 for real tokens, 0 for padding, covering the cached positions
-        too (S = cache.length + T). position_ids default to cache.length + arange(T), like
-        transformers' forward (generation passes cumsum(mask) - 1 instead, see generate.py).
         logits_to_keep: 0 keeps all positions; n keeps the last n (generation needs only the last).
         """
-        B, T, _ = inputs_embeds.shape
-        start = cache.length if cache is not None else 0
-        if position_ids is None:
-            position_ids = torch.arange(start, start + T, device=inputs_embeds.device).expand(B, T)
-        cos, sin = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, inputs_embeds.dtype)
-        mask = attention_mask_4d(attention_mask, start, T, self.config.sliding_window, inputs_embeds.device)
-        x = inputs_embeds
-        for layer in self.model.layers:
-            x = layer(x, cos, sin, mask, cache)
-        if cache is not None:
-            cache.length += T
-        x = self.model.norm(x[:, -logits_to_keep:] if logits_to_keep else x)
-        return self.lm_head(x)  # (B, T', vocab)
+        x = self.model(inputs_embeds, attention_mask, position_ids, cache)  # (B, T, D)
+        return self.lm_head(x[:, -logits_to_keep:] if logits_to_keep else x)  # (B, T', vocab)

@@ -43,9 +43,9 @@ from safetensors.torch import load_file
 from .chat import format_conversation
 from .config import LlavaConfig, VisionConfig
 from .errors import CheckpointError, ConfigError, PromptError, TokenizerError
-from .folder import CLIP_MEAN, CLIP_STD, save_weights, write_json, write_processor_configs
-from .llava import Llava, resolve_device, resolve_dtype
-from .weights import check_names
+from .checkpoint import CLIP_MEAN, CLIP_STD, check_names, save_weights, write_json, write_processor_configs
+from .llava import Llava
+from .loading import resolve_device, resolve_dtype
 
 IMAGE_TOKEN = "<image>"
 # LlamaConfig fields an original config.json carries that belong in llava-hf's text_config

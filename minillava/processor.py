@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
+from .chat import format_conversation
 from .config import LlavaConfig, read_json
 from .errors import ConfigError, PromptError, TokenizerError
 from .images import (BACKENDS, IMAGE_DEFAULTS, check_image_config, flat_list, load_image, pad_to_square, pixels_pil,
@@ -163,7 +164,6 @@ class Processor:
         """The llava-1.5 chat template rendered in plain Python by minillava.chat (no jinja at runtime); equal to
         transformers' rendering of llava-hf's chat_template.json (tests/test_chat.py). `self.chat_template` keeps
         the folder's template text for reference."""
-        from .chat import format_conversation  # imported here: chat.py imports this module
         return format_conversation(conversation, add_generation_prompt=add_generation_prompt, style="llava")
 
     # ---- images -----------------------------------------------------------------------------------------

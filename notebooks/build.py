@@ -649,7 +649,7 @@ for name, (layers, kv, d) in {"llava-1.5-7b": (32, 32, 128), "llava-1.5-13b": (4
         md('''
 ## The KV cache: what it saves
 
-Two ways to generate the same greedy answer, timed step by step: with the cache (`minillava.generate.prefill`
+Two ways to generate the same greedy answer, timed step by step: with the cache (`minillava.generation.prefill`
 once, then `decode_step` with one token at a time) and without it (the whole sequence through the decoder at
 every step; the image features are computed once for both). Without a cache, step *i* processes `T + i`
 tokens; with it, one.
@@ -657,7 +657,7 @@ tokens; with it, one.
         code('''
 import time
 
-from minillava.generate import decode_step, prefill
+from minillava.generation import decode_step, prefill
 
 N = 24
 ids, pv = inputs["input_ids"], inputs["pixel_values"]
@@ -822,7 +822,7 @@ computed by hand from the queries and the cached keys.
 '''),
         code(SETUP + TO_IMAGE + example(7, "position")),
         code('''
-from minillava.generate import generate, prefill, sample, stream
+from minillava.generation import generate, prefill, sample, stream
 
 conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": example["question"]}]}]
 prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
@@ -902,7 +902,7 @@ is taken, its softmax over all keys averaged over heads, and the weights on the 
 on the photo the model saw.
 '''),
         code('''
-from minillava.generate import generate_tokens
+from minillava.generation import generate_tokens
 from minillava.llama import apply_rotary, rotary_cos_sin
 
 tc = model.config.text_config
@@ -1033,10 +1033,10 @@ plt.title("last-position logits");
         md('''
 ## Greedy tokens
 
-transformers' `generate` with `do_sample=False` against `minillava.generate.generate`, both stopping at EOS.
+transformers' `generate` with `do_sample=False` against `minillava.generate`, both stopping at EOS.
 '''),
         code('''
-from minillava.generate import generate
+from minillava.generation import generate
 
 N = 24
 ours_tokens = generate(model, ids, pv, max_new_tokens=N)[0].tolist()

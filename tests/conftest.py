@@ -1,8 +1,49 @@
 import os
-import sys
+import shutil
 from pathlib import Path
 
+import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests import the checkpoint builder as `checkpoints`
+from minillava import Processor, load_model
+from tests.helpers import checkpoints as C
+from tests.helpers.mistakes import IMAGE_ID, TEXT, VISION
+from tests.helpers.tokenizer_files import write_processor_files
+
 torch.set_num_threads(min(4, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """One valid tiny checkpoint folder (config.json + model.safetensors), built once by transformers."""
+    return C.build(tmp_path_factory.mktemp("tiny") / "ckpt", "mha", processor=False, text_config=TEXT,
+                   vision_config=VISION, image_token_index=IMAGE_ID, pad_token_id=62, vocab_size=64,
+                   vision_feature_layer=-1)
+
+
+@pytest.fixture
+def ckpt(tiny, tmp_path):
+    """A fresh copy of the tiny checkpoint for a test to break."""
+    return Path(shutil.copytree(tiny, tmp_path / "ckpt"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny):
+    return load_model(tiny)
+
+
+@pytest.fixture(scope="session")
+def proc_src(tmp_path_factory):
+    """Tokenizer and processor files of a llava-hf folder (a real Llama-2 tokenizer), built once."""
+    return write_processor_files(tmp_path_factory.mktemp("proc") / "src", config=True)
+
+
+@pytest.fixture
+def proc(proc_src, tmp_path):
+    """A fresh copy of proc_src for a test to break."""
+    return Path(shutil.copytree(proc_src, tmp_path / "proc"))
+
+
+@pytest.fixture(scope="session")
+def tiny_processor(proc_src):
+    return Processor.from_pretrained(proc_src)

@@ -5,7 +5,7 @@ from transformers import AutoProcessor
 from minillava.chat import VICUNA_V1_SYSTEM, format_conversation
 from minillava.errors import PromptError
 from minillava.processor import Processor
-from tokenizer_files import write_processor_files
+from tests.helpers.tokenizer_files import write_processor_files
 
 
 def text(t):

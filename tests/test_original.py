@@ -15,14 +15,26 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
+from tests.test_llava import prompt
 
-import checkpoints as C
-from minillava import CheckpointError, ConfigError, Llava, LlavaConfig, PromptError
+from minillava import (
+    CheckpointError,
+    ConfigError,
+    LlavaConfig,
+    PromptError,
+    load_model,
+)
 from minillava.chat import VICUNA_V1_SYSTEM
-from minillava.original import convert_original, load_original, prepare, read_bin, tokenize_original
+from minillava.original import (
+    convert_original,
+    load_original,
+    prepare,
+    read_bin,
+    tokenize_original,
+)
 from minillava.processor import Processor
-from test_model import prompt
-from tokenizer_files import CLIP_MEAN, CLIP_STD, TOKENIZERS
+from tests.helpers import checkpoints as C
+from tests.helpers.tokenizer_files import CLIP_MEAN, CLIP_STD, TOKENIZERS
 
 VARIANTS = {  # (checkpoints.build name, overrides, original mm_vision_select_feature)
     "patch": ("mha", {}, "patch"),  # llava-v1.5-7b: MHA, layer -2, CLS dropped
@@ -136,7 +148,7 @@ def test_load_original_equals_llava_hf(ckpt):
 @torch.no_grad()
 def test_convert_round_trip(ckpt, converted):
     hf, orig, clip, ref = ckpt
-    ours = Llava.from_pretrained(converted)
+    ours = load_model(converted)
     ids, pv = prompt(ours, 1, text_len=40, seed=4)
     want = ref(input_ids=ids, pixel_values=pv).logits[..., :32000]
     assert (ours(ids, pv)[..., :32000] - want).abs().max() <= 1e-6
@@ -155,7 +167,7 @@ def test_convert_round_trip(ckpt, converted):
 
 @torch.no_grad()
 def test_padded_vocabulary_rows_never_win(ckpt, converted):
-    model = Llava.from_pretrained(converted)
+    model = load_model(converted)
     for w in (model.language_model.lm_head.weight, model.language_model.model.embed_tokens.weight):
         assert torch.allclose(w[32000:], w[:32000].mean(0).expand(64, -1), atol=1e-7)
     h = torch.randn(4000, model.config.text_config.hidden_size, generator=torch.Generator().manual_seed(0))
@@ -169,8 +181,8 @@ def test_sharded_conversion(ckpt, tmp_path):
     out = convert_original(orig, clip, tmp_path / "out", max_shard_bytes=200_000)
     index = json.loads((out / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1 and not (out / "model.safetensors").exists()
-    ids, pv = prompt(Llava.from_pretrained(out), 1, seed=5)
-    assert torch.equal(Llava.from_pretrained(out)(ids, pv), load_original(orig, clip)(ids, pv))
+    ids, pv = prompt(load_model(out), 1, seed=5)
+    assert torch.equal(load_model(out)(ids, pv), load_original(orig, clip)(ids, pv))
 
 
 def test_tokenizer_json_from_elsewhere(ckpt, tmp_path):
@@ -295,7 +307,7 @@ def test_bin_with_anything_but_tensors_is_refused(tmp_path, case):
     torch.save(bad_bins()[case], path)
     with pytest.raises(CheckpointError, match="pytorch_model.bin") as e:
         read_bin(path)
-    assert {"custom object": "GLOBAL test_original.Custom", "string value": "'b' -> str", "a list": "found a list",
+    assert {"custom object": "GLOBAL tests.test_original.Custom", "string value": "'b' -> str", "a list": "found a list",
             "int key": "1 -> Tensor"}[case] in str(e.value)
 
 

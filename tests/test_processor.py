@@ -17,7 +17,9 @@ from transformers import AutoProcessor
 from minillava.config import LlavaConfig
 from minillava.errors import ConfigError, ImageError, PromptError, TokenizerError
 from minillava.processor import Processor
-from tokenizer_files import minimal_config, write_processor_files
+from tests.helpers.mistakes import photo as small_photo
+from tests.helpers.mistakes import raises
+from tests.helpers.tokenizer_files import minimal_config, write_processor_files
 
 PROMPTS = [
     "USER: <image>\nWhat is shown in this image? ASSISTANT:",
@@ -446,3 +448,14 @@ def test_tokenizer_errors(tmp_path):
 
     with pytest.raises(TokenizerError, match="not a folder"):
         Processor.from_pretrained(tmp_path / "nowhere")
+
+
+# ---- user mistakes --------------------------------------------------------------------------------------
+
+
+def test_image_markers_and_images_must_agree(tiny_processor):
+    raises(PromptError, "2 <image> marker", "1 image", call=lambda: tiny_processor("<image><image> hi", [small_photo()]))
+    raises(PromptError, "0 <image> marker", "1 image", call=lambda: tiny_processor("hi", [small_photo()]))
+    raises(PromptError, "1 <image> marker", "0 image", call=lambda: tiny_processor("<image> hi"))
+    raises(PromptError, "text", call=lambda: tiny_processor([]))
+    raises(PromptError, "text", call=lambda: tiny_processor(["a", 3]))

@@ -29,9 +29,10 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from . import shapes
 from ..config import LlavaConfig
-from ..folder import save_weights, write_json, write_processor_configs
-from ..generate import generate
+from ..checkpoint import save_weights, write_json, write_processor_configs
+from ..generation import generate
 from ..llava import Llava
+from ..loading import load_model
 from ..processor import Processor
 
 HERE = Path(__file__).parent
@@ -301,7 +302,7 @@ def train(out, minutes=MINUTES, batch_size=32, lr=1e-3, seed=0):
                 print(json.dumps(curve[-1]), flush=True)
                 next_eval = elapsed + 120
     save_weights(model.state_dict(), out)  # the module names are already the hub's keys
-    acc = evaluate(Llava.from_pretrained(out), processor, shapes.split("test", 500))
+    acc = evaluate(load_model(out), processor, shapes.split("test", 500))
     log = {"train_minutes": round((time.time() - start) / 60, 1), "steps": step, "batch_size": batch_size,
            "torch": torch.__version__, "threads": torch.get_num_threads(), "test_accuracy": acc, "curve": curve}
     write_json(out / "training_log.json", log)
@@ -344,7 +345,7 @@ def main():
     if a.plot:
         return plot_curve(a.plot)
     if a.eval:
-        model = Llava.from_pretrained(a.eval)
+        model = load_model(a.eval)
         print(json.dumps(evaluate(model, Processor.from_pretrained(a.eval, config=model.config), shapes.split("test", 500))))
         return
     train(a.out, minutes=a.minutes)

@@ -91,7 +91,7 @@ def build(folder, name="mha", layout="hub", shards=1, seed=0, dtype=torch.float3
             {"_from_model_config": True, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 32001}))
     if processor:
         try:
-            from tokenizer_files import write_processor_files
+            from tests.helpers.tokenizer_files import write_processor_files
         except ImportError:
             pass
         else:

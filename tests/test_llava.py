@@ -8,8 +8,9 @@ import json
 import pytest
 import torch
 
-import checkpoints as C
-from minillava import CheckpointError, Llava, LlavaConfig, PromptError
+from minillava import CheckpointError, ImageError, Llava, LlavaConfig, PromptError, load_model
+from tests.helpers import checkpoints as C
+from tests.helpers.mistakes import IMAGE_ID, raises
 
 ATOL = 1e-5
 NAMES = list(C.CONFIGS)
@@ -32,7 +33,7 @@ def pair(folders):
 
     def get(name):
         if name not in cache:
-            cache[name] = (Llava.from_pretrained(folders[name]), C.reference(folders[name]))
+            cache[name] = (load_model(folders[name]), C.reference(folders[name]))
         return cache[name]
     return get
 
@@ -149,7 +150,7 @@ def test_cache_with_left_padding(pair):
 def test_half_precision_cpu(folders, dtype, tol):
     """bf16 on CPU against transformers in bf16: different kernels round differently, so the stated
     tolerance is 0.15 on logits of order 5 (transformers' own sdpa vs eager differ by ~3e-2 here)."""
-    ours = Llava.from_pretrained(folders["gqa"], dtype=dtype)
+    ours = load_model(folders["gqa"], dtype=dtype)
     ref = C.reference(folders["gqa"], dtype=dtype)
     ids, pv = prompt(ours, 1, seed=8)
     got, want = ours(ids, pv), ref(input_ids=ids, pixel_values=pv).logits
@@ -161,7 +162,7 @@ def test_half_precision_cpu(folders, dtype, tol):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @torch.no_grad()
 def test_cuda_fp16(folders):
-    ours = Llava.from_pretrained(folders["mha"], device="cuda", dtype="float16")
+    ours = load_model(folders["mha"], device="cuda", dtype="float16")
     ref = C.reference(folders["mha"], dtype=torch.float16).cuda()
     ids, pv = prompt(ours, 1, seed=9)
     got = ours(ids.cuda(), pv.cuda())
@@ -196,7 +197,7 @@ def test_strict_loading_names_the_tensor(folders, tmp_path):
     ]:
         save_file(broken, str(tmp_path / "model.safetensors"))
         with pytest.raises(CheckpointError, match=pattern):
-            Llava.from_pretrained(tmp_path)
+            load_model(tmp_path)
 
 
 # The real config.json texts (REFERENCE.md 1.2 and 8.1) must resolve to what transformers resolves.
@@ -259,3 +260,20 @@ def test_real_configs_resolve_like_transformers(name, tmp_path):
         n = sum(p.numel() for p in Llava(ours).parameters())
     assert n == {"llava-1.5-7b-hf": 7_063_427_072, "llava-1.5-13b-hf": 13_351_494_656,
                  "bakLlava-v1-hf": 7_566_743_552}[name]
+
+
+# ---- user mistakes --------------------------------------------------------------------------------------
+
+
+def test_model_inputs(tiny_model):
+    ids = torch.tensor([[1, 5, IMAGE_ID, 7]])
+    raises(PromptError, "1 image tokens", "no pixel_values", call=lambda: tiny_model(ids))
+    pv = torch.zeros(1, 3, 28, 28)
+    raises(PromptError, "1 image tokens", "2 image(s)", call=lambda: tiny_model(ids, torch.cat([pv, pv])))
+    raises(ImageError, "(1, 3, 336, 336)", "(n_images, 3, 28, 28)", call=lambda: tiny_model(ids, torch.zeros(1, 3, 336, 336)))
+    raises(ImageError, "(1, 4, 28, 28)", call=lambda: tiny_model(ids, torch.zeros(1, 4, 28, 28)))
+    raises(PromptError, "outside the vocabulary", "max 64", call=lambda: tiny_model(torch.tensor([[1, 64]])))
+    raises(PromptError, "outside the vocabulary", "min -1", call=lambda: tiny_model(torch.tensor([[-1, 2]])))
+    raises(PromptError, "input_ids", "list", call=lambda: tiny_model([[1, 2]]))
+    raises(PromptError, "input_ids", "torch.float32", call=lambda: tiny_model(torch.ones(1, 2)))
+    raises(PromptError, "input_ids", "(3,)", call=lambda: tiny_model(torch.tensor([1, 2, 3])))

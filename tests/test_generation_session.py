@@ -9,10 +9,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-import checkpoints as C
 import minillava
-from minillava.chat import ChatSession, user_message
-from minillava.generate import generate
+from minillava import ChatSession
+from minillava.chat import user_message
+from minillava.generation import generate
+from tests.helpers import checkpoints as C
 
 
 @pytest.fixture(scope="module")

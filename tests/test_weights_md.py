@@ -1,18 +1,17 @@
 """weights.md stays true to the code: its checked tables are recomputed from the real config.json texts, its key
-aliases from minillava.weights.canonical_key, and its Python snippet runs on complete and broken folders."""
+aliases from minillava.checkpoint.canonical_key, and its Python snippet runs on complete and broken folders."""
 import ast
-import math
 import re
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from tests.test_llava import REAL_CONFIGS
 
-import checkpoints as C
-from minillava import CheckpointError, Llava, LlavaConfig
-from minillava.weights import canonical_key
-from test_model import REAL_CONFIGS
+from minillava import CheckpointError, Llava, LlavaConfig, load_model
+from minillava.checkpoint import canonical_key
+from tests.helpers import checkpoints as C
 
 DOC = (Path(__file__).parent.parent / "weights.md").read_text(encoding="utf-8")
 NAMES = list(REAL_CONFIGS)  # llava-1.5-7b-hf, llava-1.5-13b-hf, bakLlava-v1-hf: the names the tables use
@@ -151,7 +150,7 @@ def sharded(tmp_path_factory):
 def test_snippet_passes_a_complete_folder(sharded, monkeypatch, capsys):
     code, out = _run_snippet(sharded, monkeypatch, capsys)
     assert code == 0 and out.rstrip().endswith("complete"), out
-    assert f"{count(Llava.from_pretrained(sharded)):,} parameters" in out
+    assert f"{count(load_model(sharded)):,} parameters" in out
 
 
 def test_snippet_catches_broken_folders(sharded, tmp_path, monkeypatch, capsys):

@@ -1,11 +1,12 @@
 """Generation against transformers' `generate` on the same tiny checkpoints (fp32 CPU), and sampling."""
 import pytest
 import torch
+from tests.test_llava import prompt
 
-import checkpoints as C
-from minillava import GenerationError, Llava, PromptError
-from minillava.generate import generate, generate_tokens, sample
-from test_model import prompt
+from minillava import GenerationError, PromptError, load_model
+from minillava.generation import generate, generate_tokens, sample
+from tests.helpers import checkpoints as C
+from tests.helpers.mistakes import raises
 
 N = 32
 
@@ -16,7 +17,7 @@ def models(tmp_path_factory):
     out = {}
     for name in ("mha", "mistral"):
         folder = C.build(root / name, name, processor=False, seed=11)
-        out[name] = (Llava.from_pretrained(folder), C.reference(folder))
+        out[name] = (load_model(folder), C.reference(folder))
     return out
 
 
@@ -121,3 +122,33 @@ def test_a_generated_image_token_is_just_a_token(models):
         finally:
             ours.language_model.lm_head.weight[32000] = row
     assert int(out[0, 0]) == 32000 and out.shape == (1, 3)
+
+
+# ---- user mistakes ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kw,culprit", [
+    (dict(max_new_tokens=0), "max_new_tokens = 0"), (dict(max_new_tokens=-3), "max_new_tokens = -3"),
+    (dict(max_new_tokens=2.0), "max_new_tokens = 2.0"), (dict(max_new_tokens=True), "max_new_tokens = True"),
+    (dict(temperature=-0.1), "temperature = -0.1"), (dict(temperature=float("nan")), "temperature = nan"),
+    (dict(temperature="hot"), "temperature = 'hot'"),
+    (dict(top_p=0), "top_p = 0"), (dict(top_p=1.5), "top_p = 1.5"), (dict(top_p=-0.2), "top_p = -0.2"),
+    (dict(top_p=float("nan")), "top_p = nan"), (dict(top_k=-1), "top_k = -1"), (dict(top_k=2.5), "top_k = 2.5"),
+    (dict(eos_token_id="</s>"), "eos_token_id = '</s>'"), (dict(eos_token_id=[2, None]), "eos_token_id = [2, None]")])
+def test_generation_settings(tiny_model, kw, culprit):
+    raises(GenerationError, culprit, call=lambda: generate(tiny_model, torch.tensor([[1, 2, 3]]), **kw))
+
+
+def test_prompts_generate_cannot_run(tiny_model, tiny_processor):
+    raises(PromptError, "60 tokens", "max_new_tokens 10", "context length 64",
+           call=lambda: generate(tiny_model, torch.ones(1, 60, dtype=torch.long), max_new_tokens=10))
+    raises(PromptError, "non-empty", "(1, 0)", call=lambda: generate(tiny_model, torch.ones(1, 0, dtype=torch.long)))
+    raises(PromptError, "non-empty", "list", call=lambda: generate(tiny_model, [[1, 2]]))
+    raises(PromptError, "non-empty", call=lambda: tiny_model(torch.ones(1, 0, dtype=torch.long)))
+    raises(PromptError, "attention_mask", "(1, 2)", "(1, 3)",
+           call=lambda: generate(tiny_model, torch.tensor([[1, 2, 3]]), attention_mask=torch.ones(1, 2)))
+    raises(PromptError, "outside the vocabulary", call=lambda: generate(tiny_model, torch.tensor([[1, 99]])))
+    # an empty string is a valid prompt for the processor (BOS alone, as in transformers); it is not empty
+    assert tiny_processor("")["input_ids"].tolist() == [[1]]
+    assert generate(tiny_model, torch.tensor([[1]]), max_new_tokens=2).shape[1] in (1, 2)
+

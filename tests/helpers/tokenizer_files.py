@@ -10,7 +10,7 @@ code path; pass `config=True` for a minimal one, or a dict to write your own.
 import json
 from pathlib import Path
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 TOKENIZERS = {"llama2": FIXTURES / "llama2-tokenizer" / "tokenizer.json",
               "mistral": FIXTURES / "mistral-tokenizer" / "tokenizer.json"}
 
