@@ -77,6 +77,7 @@ def child_load(impl, folder, device, dtype):
     """In a fresh process: load time, the resident memory it adds, and what one forward adds on top
     (minillava maps the files, so pages come in lazily when the weights are first used)."""
     import transformers  # noqa: F401  import both libraries first, so neither pays the other's imports
+
     import minillava  # noqa: F401
     base = rss_mb()
     t = time.perf_counter()
@@ -124,7 +125,7 @@ def copy_bandwidth_gbs(device, mb=512):
 def decode_bytes_per_token(folder, dtype):
     """Weights read for one decode step: the decoder and lm_head, not the embedding table (one row
     is read), nor the vision tower and projector (they run once per image)."""
-    from minillava import LlavaConfig, Llava
+    from minillava import Llava, LlavaConfig
     cfg = LlavaConfig.from_json(folder)
     with torch.device("meta"):
         m = Llava(cfg)
@@ -141,7 +142,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--ckpt", default=None, help="checkpoint folder (built if missing)")
-    ap.add_argument("--out", default=None, help="JSON output (default benchmarks/results-SIZE.json)")
+    ap.add_argument("--out", default=None, help="JSON output (default: results-small.json etc. beside this script)")
     ap.add_argument("--plot", default=None, help="PNG output (default next to the JSON)")
     ap.add_argument("--child", nargs=2, metavar=("IMPL", "FOLDER"), help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -190,7 +191,8 @@ def main():
     bytes_tok = decode_bytes_per_token(folder, dtype)
     summary = {"size": a.size, "dtype": dtype, "device": a.device, "checkpoint_mb": size_mb,
                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                          f"threads {torch.get_num_threads()}" + (f", {torch.cuda.get_device_name()}" if a.device.startswith("cuda") else ""),
+                          f"threads {torch.get_num_threads()}"
+                          + (f", {torch.cuda.get_device_name()}" if a.device.startswith("cuda") else ""),
                "copy_bandwidth_gbs": bw, "decode_bytes_per_token": bytes_tok, "decode_ceiling_tok_s": bw * 1e9 / bytes_tok,
                "median": {i: {k: statistics.median(v) for k, v in res[i].items()} for i in impls}, "runs": res}
     # the ratio of each side-by-side pair of runs, then the median: the machine's speed drifts between
@@ -201,13 +203,15 @@ def main():
     rows = [("load time (s)", "load_s", "lower"), ("peak RSS added by load (MB)", "load_peak_mb", "lower"),
             ("load + first text forward (s)", "load_and_forward_s", "lower"),
             ("... RSS after it (MB)", "after_forward_peak_mb", "lower"), ("time to first token (s)", "ttft_s", "lower"),
-            ("decode tok/s, batch 1", "decode_tok_s_b1", "higher"), ("decode tok/s, batch 4 (per seq)", "decode_tok_s_b4", "higher")]
+            ("decode tok/s, batch 1", "decode_tok_s_b1", "higher"),
+            ("decode tok/s, batch 4 (per seq)", "decode_tok_s_b4", "higher")]
     print(f"\n{a.size} checkpoint, {dtype}, {size_mb:.0f} MB on disk; {summary['machine']}")
     print(f"{'':34s} {'minillava':>10s} {'transformers':>13s} {'ratio':>7s}  (medians; ratio: median of paired runs)")
     for label, k, _ in rows:
         print(f"{label:34s} {m[k]:10.3f} {h[k]:13.3f} {r[k]:7.2f}")
     print(f"copy bandwidth {bw:.1f} GB/s; {bytes_tok / 1e9:.3f} GB read per decode step -> ceiling "
-          f"{summary['decode_ceiling_tok_s']:.1f} tok/s; minillava at {m['decode_tok_s_b1'] / summary['decode_ceiling_tok_s']:.0%} "
+          f"{summary['decode_ceiling_tok_s']:.1f} tok/s; "
+          f"minillava at {m['decode_tok_s_b1'] / summary['decode_ceiling_tok_s']:.0%} "
           f"({m['decode_tok_s_b1'] * bytes_tok / 1e9:.1f} GB/s of weights), transformers at "
           f"{h['decode_tok_s_b1'] / summary['decode_ceiling_tok_s']:.0%}")
     out = Path(a.out or Path(__file__).parent / f"results-{a.size}.json")

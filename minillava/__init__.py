@@ -6,8 +6,16 @@
     ids = minillava.generate(model, **inputs, max_new_tokens=20)
 """
 from .config import LlavaConfig, TextConfig, VisionConfig
-from .errors import (CheckpointError, ConfigError, DeviceError, GenerationError, ImageError, MinillavaError,
-                     PromptError, TokenizerError)
+from .errors import (
+                     CheckpointError,
+                     ConfigError,
+                     DeviceError,
+                     GenerationError,
+                     ImageError,
+                     MinillavaError,
+                     PromptError,
+                     TokenizerError,
+)
 from .generation import ChatSession, generate, stream
 from .llava import Llava
 from .loading import DEMO, load, load_model

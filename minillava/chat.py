@@ -5,20 +5,20 @@ content is a string or a list of items {"type": "text", "text": "..."} / {"type"
 itself is passed to the processor separately; here an image item only places an `<image>` marker).
 
 Two formats:
-- style="llava": what llava-hf's chat_template.json renders (REFERENCE.md 5.2), which is what
+- style="llava": what llava-hf's chat_template.json renders, which is what
   `processor.apply_chat_template` gives in transformers 5.23. Written out in Python:
   each message is "ROLE: " (no prefix for system), then "<image>\\n" for each of its images, then each of
   its texts followed by a space; "ASSISTANT:" at the end when add_generation_prompt. There is no default
   system prompt and no "</s>" after assistant turns.
 - style="vicuna_v1": the original LLaVA repository's `conv_vicuna_v1` (llava/conversation.py, used by its
-  eval scripts; REFERENCE.md 3.4): a system prompt, "USER: ..." and "ASSISTANT: ..." separated by " ",
+  eval scripts): a system prompt, "USER: ..." and "ASSISTANT: ..." separated by " ",
   "</s>" after each assistant turn, and the image markers moved to the start of the first user message.
 """
 from .errors import PromptError
 
 VICUNA_V1_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
                     "The assistant gives helpful, detailed, and polite answers to the user's questions.")
-# llava-hf's chat_template.json (REFERENCE.md 5.2): what format_conversation(style="llava") renders, in Jinja,
+# llava-hf's chat_template.json (llava-hf/llava-1.5-7b-hf on the hub): what format_conversation(style="llava") renders, in Jinja,
 # for checkpoint folders that minillava writes (so transformers' apply_chat_template works on them too)
 LLAVA_CHAT_TEMPLATE = (
     "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"

@@ -1,11 +1,12 @@
 """Reading and writing checkpoint folders in the llava-hf layout (the safetensors weights; the JSON files
 are read by config.py and processor.py, and written here for the demo and converted checkpoints).
 
-Reading, into a model built on the meta device: the module tree mirrors the hub keys, so loading is a strict one-to-one assignment: every tensor in
-the files is used, every parameter is filled, and shapes must agree. The only renaming is the few
-layout aliases transformers itself writes or accepts (`canonical_key`; weights.md lists them). Tensors come from
-mmapped files and are assigned without a copy when the dtype already matches, so loading needs
-about one copy of the weights in memory, not two (the gpt-fast / `low_cpu_mem_usage` pattern).
+Reading, into a model built on the meta device: the module tree mirrors the hub keys, so loading is a
+strict one-to-one assignment: every tensor in the files is used, every parameter is filled, and shapes must
+agree. The only renaming is the few layout aliases transformers itself writes or accepts (`canonical_key`;
+weights.md lists them). Tensors come from mmapped files and are assigned without a copy when the dtype
+already matches, so loading needs about one copy of the weights in memory, not two (the gpt-fast /
+`low_cpu_mem_usage` pattern).
 """
 import json
 import sys
@@ -24,27 +25,30 @@ FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")  # safetensors' names of the dtypes
 PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth", "model.ckpt")
 
 
-def weight_files(folder):
-    """The safetensors files of a checkpoint folder: the shards named by the index, or the single file."""
+def weight_files(folder, index=INDEX, single=SINGLE):
+    """The weight files of a checkpoint folder: the shards named by the index, or the single file.
+    (original.py passes the names of the original release's .bin files.)"""
     folder = Path(folder)
-    if (folder / INDEX).is_file():
+    if (folder / index).is_file():
         try:
-            index = json.loads((folder / INDEX).read_text(encoding="utf-8"))
-            shards = sorted(set(index["weight_map"].values()))
+            index_map = json.loads((folder / index).read_text(encoding="utf-8"))
+            shards = sorted(set(index_map["weight_map"].values()))
         except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError) as e:
-            raise CheckpointError(f"{folder / INDEX}: not a valid safetensors index "
+            raise CheckpointError(f"{folder / index}: not a valid {'safetensors' if index == INDEX else 'weights'} index "
                                   f"(expected {{'weight_map': {{tensor: shard}}}}): {e!r}") from None
         if not shards or not all(isinstance(s, str) for s in shards):
-            raise CheckpointError(f"{folder / INDEX}: weight_map names no shard files")
+            raise CheckpointError(f"{folder / index}: weight_map names no shard files")
         for s in shards:
             if Path(s).name != s:  # the index may only name files in this folder
-                raise CheckpointError(f"{folder / INDEX}: shard name {s!r} is not a file name in {folder}")
+                raise CheckpointError(f"{folder / index}: shard name {s!r} is not a file name in {folder}")
             if not (folder / s).is_file():
-                raise CheckpointError(f"{folder / INDEX} names shard {s}, which is missing from {folder} "
+                raise CheckpointError(f"{folder / index} names shard {s}, which is missing from {folder} "
                                       f"(incomplete download?)")
         return [folder / s for s in shards]
-    if (folder / SINGLE).is_file():
-        return [folder / SINGLE]
+    if (folder / single).is_file():
+        return [folder / single]
+    if single != SINGLE:
+        raise CheckpointError(f"{folder}: no {single} or {index} found")
     pickles = [p for p in PICKLES if (folder / p).exists()] + [p.name for p in folder.glob("pytorch_model-*.bin")]
     if pickles:
         raise CheckpointError(f"{folder}: holds {pickles[0]}, a PyTorch pickle. minillava reads safetensors only and "

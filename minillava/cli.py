@@ -119,6 +119,7 @@ def cmd_chat(args, out, inp):
 
 def cmd_logits(args):
     from safetensors.torch import save_file
+
     from .chat import user_message
     from .images import load_image
     model, processor = load(args)

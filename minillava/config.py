@@ -2,7 +2,8 @@
 
 `LlavaConfig.from_dict(json.load(...))` applies exactly the defaults transformers 5 applies when a
 field is missing. That matters: the real llava-1.5-7b-hf `config.json` leaves hidden size, layer and
-head counts and rope theta to the Llama defaults (REFERENCE.md 1.2). No table of model names anywhere.
+head counts and rope theta to the Llama defaults (its text_config holds little more than
+`model_type`, `max_position_embeddings`, `rms_norm_eps`, `vocab_size`). No table of model names anywhere.
 Matches `LlavaConfig`, `LlamaConfig`, `MistralConfig` and `CLIPVisionConfig` in transformers 5.23.
 """
 import dataclasses

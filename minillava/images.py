@@ -1,12 +1,13 @@
 """Images -> pixel values: RGB conversion, shortest-edge bicubic resize, center crop, rescale, normalize.
 
-Matches transformers 5.23's `CLIPImageProcessor` (REFERENCE.md section 4) with two backends:
+Matches transformers 5's `CLIPImageProcessor` (models/clip/image_processing_clip.py and the backends in
+image_processing_backends.py / image_transforms.py) with two backends:
 - "pil" (the default) is bit-identical to transformers' PIL backend (`CLIPImageProcessorPil`). It is the
   default because it is what transformers uses when torchvision is absent, it is PIL's resize as in the
   original LLaVA training code, and numpy/PIL give the same numbers on every machine.
 - "torch" is bit-identical to transformers' torchvision backend on CPU (`CLIPImageProcessor`, what
   transformers picks when torchvision *is* installed), written with torch alone. The two backends differ
-  by 1-2 uint8 levels on under 1% of pixels (REFERENCE.md 4.4).
+  by 1-2 uint8 levels on a small fraction of the pixels of a photo (bicubic weights computed differently).
 `do_pad` adds the original LLaVA's pad-to-square (`expand2square`) before all of it.
 """
 import math

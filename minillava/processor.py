@@ -5,10 +5,11 @@
 padding=True, return_tensors="pt")` returns (`LlavaProcessor` + `CLIPImageProcessor`), bit for bit:
 
 - text: every `<image>` becomes one `<image>` token per image feature (576 for 336 px / patch 14), as a
-  string, then `tokenizer.json` runs verbatim (REFERENCE.md 5.1, 5.3: on a llava folder AutoProcessor
-  builds a plain `TokenizersBackend`, so the `legacy` flag of tokenizer_config.json has no effect).
+  string (models/llava/processing_llava.py, `LlavaProcessor.__call__`), then `tokenizer.json` runs verbatim:
+  on a llava folder AutoProcessor builds a plain `TokenizersBackend` (tokenization_utils_tokenizers.py), so the
+  `legacy` flag of tokenizer_config.json has no effect.
 - images: convert to RGB, bicubic resize of the shortest edge, center crop, rescale, normalize, with the
-  "pil" (default) or "torch" backend of minillava/images.py (REFERENCE.md 4).
+  "pil" (default) or "torch" backend of minillava/images.py.
 """
 from pathlib import Path
 
@@ -18,8 +19,8 @@ from tokenizers import Tokenizer
 from .chat import format_conversation
 from .config import LlavaConfig, read_json
 from .errors import ConfigError, PromptError, TokenizerError
-from .images import (BACKENDS, IMAGE_DEFAULTS, check_image_config, flat_list, load_image, pad_to_square, pixels_pil,
-                     pixels_torch)
+from .images import BACKENDS, IMAGE_DEFAULTS, check_image_config, flat_list, load_image, pad_to_square, pixels_pil, pixels_torch
+
 
 class Processor:
     """Tokenizer + image preprocessing of one llava-hf checkpoint. Build it with `from_pretrained`."""
@@ -68,7 +69,7 @@ class Processor:
         if do_pad is not None:
             image_config["do_pad"] = do_pad
 
-        # processor_config.json is missing from older snapshots: then the model config decides (REFERENCE.md 1.4)
+        # processor_config.json is missing from older snapshots of the llava-hf repos: then the model config decides
         missing = [k for k in ("patch_size", "vision_feature_select_strategy") if proc.get(k) is None]
         if missing and config is None:
             raise ConfigError(f"{folder}: processor_config.json does not give {', '.join(missing)} and there is no "

@@ -51,7 +51,7 @@ def test_llava_style_equals_transformers_template(processors, i, add_generation_
     assert format_conversation(conversation, add_generation_prompt, style="llava") == expected
 
 
-def test_documented_renderings():  # REFERENCE.md 5.2
+def test_documented_renderings():  # what transformers renders with llava-hf's chat_template.json
     assert format_conversation(CONVERSATIONS[0]) == "USER: <image>\nWhat is shown in this image? ASSISTANT:"
     assert format_conversation(CONVERSATIONS[0], False) == "USER: <image>\nWhat is shown in this image? "
     assert format_conversation(CONVERSATIONS[2]) == "You are helpful. USER: Hi ASSISTANT:"

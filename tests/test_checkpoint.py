@@ -136,15 +136,20 @@ def test_pickled_checkpoints_are_refused_never_unpickled(ckpt, tmp_path):
 
 
 def test_no_pickle_outside_original():
-    """Only minillava/original.py may unpickle, and only with torch.load(weights_only=True)."""
-    import re
-    for path in Path(minillava.__file__).parent.rglob("*.py"):
-        text = path.read_text()
-        if path.name == "original.py":
-            calls = re.findall(r"torch\.load\(([^)]*)\)", text)
-            assert calls and all("weights_only=True" in c for c in calls) and "pickle.load" not in text
+    """Only minillava/original/convert.py may unpickle, and only with torch.load(weights_only=True)."""
+    import ast
+    root = Path(minillava.__file__).parent
+    for path in root.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
+        loads = [c for c in calls if ast.unparse(c.func) in ("torch.load", "pickle.load", "pickle.loads")]
+        assert not [c for c in calls if ast.unparse(c.func) in ("eval", "exec")], path
+        assert not [n for n in ast.walk(tree) if isinstance(n, ast.Import) and {"joblib", "dill"} & {a.name for a in n.names}]
+        if path.relative_to(root).as_posix() == "original/convert.py":
+            assert loads and all(ast.unparse(c.func) == "torch.load" and any(
+                k.arg == "weights_only" and ast.unparse(k.value) == "True" for k in c.keywords) for c in loads)
         else:
-            assert not re.search(r"torch\.load|pickle\.load|import pickle|joblib|(?<![.\w])(eval|exec)\(", text), path
+            assert not loads, path
 
 
 def test_folder_that_is_a_file_or_missing(tiny, tmp_path):

@@ -32,7 +32,8 @@ def test_transformers_loads_the_demo_and_agrees(loaded):
     ref = LlavaForConditionalGeneration.from_pretrained(DEMO, dtype=torch.float32).eval()
     ref_processor = AutoProcessor.from_pretrained(DEMO)
     examples = shapes.split("test", 10)
-    texts = [ref_processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": e["question"]}]}],
+    texts = [ref_processor.apply_chat_template([{"role": "user", "content": [{"type": "image"},
+                                                                          {"type": "text", "text": e["question"]}]}],
                                                add_generation_prompt=True) for e in examples]
     assert texts == [prompt_of(e["question"]) for e in examples]
     images = [e["image"] for e in examples]

@@ -1,12 +1,12 @@
 """Generation against transformers' `generate` on the same tiny checkpoints (fp32 CPU), and sampling."""
 import pytest
 import torch
-from tests.test_llava import prompt
 
 from minillava import GenerationError, PromptError, load_model
 from minillava.generation import generate, generate_tokens, sample
 from tests.helpers import checkpoints as C
 from tests.helpers.mistakes import raises
+from tests.test_llava import prompt
 
 N = 32
 

@@ -191,16 +191,19 @@ def test_strict_loading_names_the_tensor(folders, tmp_path):
     state = load_file(folders["mha"] / "model.safetensors")
     (tmp_path / "config.json").write_text((folders["mha"] / "config.json").read_text())
     for broken, pattern in [
-        ({k: v for k, v in state.items() if k != "language_model.model.norm.weight"}, "missing.*language_model.model.norm.weight"),
+        ({k: v for k, v in state.items() if k != "language_model.model.norm.weight"},
+         "missing.*language_model.model.norm.weight"),
         (dict(state, **{"vision_tower.vision_model.extra.weight": torch.zeros(2)}), "fit no parameter.*extra.weight"),
-        (dict(state, **{"multi_modal_projector.linear_1.weight": torch.zeros(64, 31)}), r"linear_1.weight.*\[64, 31\].*\[64, 32\]"),
+        (dict(state, **{"multi_modal_projector.linear_1.weight": torch.zeros(64, 31)}),
+         r"linear_1.weight.*\[64, 31\].*\[64, 32\]"),
     ]:
         save_file(broken, str(tmp_path / "model.safetensors"))
         with pytest.raises(CheckpointError, match=pattern):
             load_model(tmp_path)
 
 
-# The real config.json texts (REFERENCE.md 1.2 and 8.1) must resolve to what transformers resolves.
+# The real config.json texts (llava-hf/llava-1.5-7b-hf, llava-1.5-13b-hf, bakLlava-v1-hf) must resolve to what
+# transformers resolves.
 VISION_336 = {"hidden_size": 1024, "image_size": 336, "intermediate_size": 4096, "model_type": "clip_vision_model",
               "num_attention_heads": 16, "num_hidden_layers": 24, "patch_size": 14, "projection_dim": 768,
               "vocab_size": 32000}

@@ -1,7 +1,7 @@
 """The original liuhaotian LLaVA format (minillava.original) against the llava-hf checkpoint it came from.
 
-A tiny random llava-hf checkpoint is written out the way liuhaotian/llava-v1.5-7b is stored (REFERENCE.md
-3.1-3.2: `.bin` shards without the CLIP tower, original key names, vocab 32000, rotary inv_freq buffers)
+A tiny random llava-hf checkpoint is written out the way liuhaotian/llava-v1.5-7b is stored
+(`.bin` shards without the CLIP tower, original key names, vocab 32000, rotary inv_freq buffers)
 plus an openai-layout CLIP folder; loading or converting it must give the logits of the original, the
 original token ids around `<image>`, the original square padding, and never unpickle code.
 """
@@ -15,7 +15,6 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from tests.test_llava import prompt
 
 from minillava import (
     CheckpointError,
@@ -35,6 +34,7 @@ from minillava.original import (
 from minillava.processor import Processor
 from tests.helpers import checkpoints as C
 from tests.helpers.tokenizer_files import CLIP_MEAN, CLIP_STD, TOKENIZERS
+from tests.test_llava import prompt
 
 VARIANTS = {  # (checkpoints.build name, overrides, original mm_vision_select_feature)
     "patch": ("mha", {}, "patch"),  # llava-v1.5-7b: MHA, layer -2, CLS dropped
@@ -80,7 +80,7 @@ def write_original(hf, root, feature="patch", shards=2):
     (llava_dir / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {"total_size": total},
                                                                         "weight_map": weight_map}))
     layer = hf_cfg.get("vision_feature_layer", -2)
-    config = {  # REFERENCE.md 3.2 with tiny sizes
+    config = {  # liuhaotian/llava-v1.5-7b's config.json with tiny sizes
         "architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava", "hidden_size": t["hidden_size"],
         "intermediate_size": t["intermediate_size"], "num_attention_heads": t["num_attention_heads"],
         "num_hidden_layers": t["num_hidden_layers"], "num_key_value_heads": t.get("num_key_value_heads", 4),
@@ -216,7 +216,7 @@ def test_clip_folder_with_pytorch_model_bin(ckpt, tmp_path):
 
 
 def test_original_token_ids(converted):
-    """REFERENCE.md 3.3: "... USER: <image>\\nPlease describe ..." ->
+    """The original's tokenizer_image_token (llava/mm_utils.py): "... USER: <image>\\nPlease describe ..." ->
     [..., 3148, 1001, 29901, 29871, <image>, 29871, 13, 12148, ...] with the real Llama-2 tokenizer."""
     processor = Processor.from_pretrained(converted)
     conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Please describe the image."}]}]

@@ -158,7 +158,7 @@ def test_left_padded_batches_match_transformers(folders, small_image, tok, batch
 
 
 def test_legacy_flag_has_no_effect_on_a_llava_folder(folders):
-    # REFERENCE.md 5.3 correction: tokenizer.json is used verbatim, so the "▁" (29871) after <image> stays
+    # tokenizer.json is used verbatim (a plain TokenizersBackend on a llava folder), so the "▁" (29871) after <image> stays
     ids = [Processor.from_pretrained(folders[("llama2", legacy)]).tokenizer.encode("USER: <image>\nWhat").ids
            for legacy in (False, True)]
     assert ids[0] == ids[1] == [1, 3148, 1001, 29901, 29871, 32000, 29871, 13, 5618]
@@ -313,7 +313,7 @@ def test_numpy_arrays(folders, channels):
 
 
 def test_torch_backend_close_to_pil(folders):
-    # Runs without torchvision: the torch backend differs from PIL by at most a few uint8 levels (REFERENCE.md 4.4)
+    # Runs without torchvision: the torch backend differs from PIL by at most a few uint8 levels
     # and only by float rounding when no resize is needed.
     p = Processor.from_pretrained(folders[("llama2", False)])
     images = [Image.fromarray(photo(h, w, seed=h)) for h, w in [(480, 640), (333, 500), (336, 336)]]

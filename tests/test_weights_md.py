@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.test_llava import REAL_CONFIGS
 
 from minillava import CheckpointError, Llava, LlavaConfig, load_model
 from minillava.checkpoint import canonical_key
 from tests.helpers import checkpoints as C
+from tests.test_llava import REAL_CONFIGS
 
 DOC = (Path(__file__).parent.parent / "weights.md").read_text(encoding="utf-8")
 NAMES = list(REAL_CONFIGS)  # llava-1.5-7b-hf, llava-1.5-13b-hf, bakLlava-v1-hf: the names the tables use
@@ -55,7 +55,7 @@ def test_parameter_counts():
         _, m = model(name)
         assert [number(c) for c in (vision, projector, language, total)] == [
             count(m.vision_tower), count(m.multi_modal_projector), count(m.language_model), count(m)], name
-    # and the published totals (REFERENCE.md 1.1 / 8.1)
+    # and the totals the hub's model cards publish
     assert [number(r[-1]) for r in rows("params")] == [7_063_427_072, 13_351_494_656, 7_566_743_552]
 
 

@@ -27,13 +27,13 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-from . import shapes
-from ..config import LlavaConfig
 from ..checkpoint import save_weights, write_json, write_processor_configs
+from ..config import LlavaConfig
 from ..generation import generate
 from ..llava import Llava
 from ..loading import load_model
 from ..processor import Processor
+from . import shapes
 
 HERE = Path(__file__).parent
 PATCH = 16  # 96 px / 16 = a 6 x 6 grid: each cell of the scene's 3 x 3 layout is exactly 2 x 2 patches
@@ -177,8 +177,8 @@ def batch(processor, conversations):
     T = max(map(len, seqs))
     ids = torch.full((len(seqs), T), processor.pad_token_id)
     lab = torch.full((len(seqs), T), -100)
-    for i, (s, l) in enumerate(zip(seqs, labels)):  # pads go at the end: causal attention never sees them
-        ids[i, :len(s)], lab[i, :len(l)] = torch.tensor(s), torch.tensor(l)
+    for i, (s, labelled) in enumerate(zip(seqs, labels)):  # pads go at the end: causal attention never sees them
+        ids[i, :len(s)], lab[i, :len(labelled)] = torch.tensor(s), torch.tensor(labelled)
     return ids, lab, pv
 
 
@@ -284,7 +284,8 @@ def train(out, minutes=MINUTES, batch_size=32, lr=1e-3, seed=0):
         stage_end = time.time() + seconds
         while time.time() < stage_end:
             elapsed = time.time() - start
-            scale = min(1.0, (step + 1) / 100) * (1.0 if elapsed < decay_from else max(0.02, (total - elapsed) / (total - decay_from)))
+            decay = 1.0 if elapsed < decay_from else max(0.02, (total - elapsed) / (total - decay_from))
+            scale = min(1.0, (step + 1) / 100) * decay
             for g in opt.param_groups:
                 g["lr"] = lr * scale
             ids, labels, pv = batch(processor, [conversation(rng, stage) for _ in range(batch_size)])

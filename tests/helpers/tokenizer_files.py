@@ -1,7 +1,7 @@
 """Write the processor and tokenizer files of a llava-hf checkpoint into a folder, as the hub has them.
 
 `write_processor_files(folder)` produces what `llava-hf/llava-1.5-7b-hf` ships next to its weights
-(REFERENCE.md 1.1-1.5): `tokenizer.json` (a real Llama-2 or Mistral vocabulary from tests/fixtures plus
+: `tokenizer.json` (a real Llama-2 or Mistral vocabulary from tests/fixtures plus
 the added tokens `<image>` and `<pad>`), `tokenizer_config.json`, `special_tokens_map.json`,
 `added_tokens.json`, `preprocessor_config.json`, `processor_config.json` and the chat template.
 `transformers.AutoProcessor` needs a `config.json` (model_type llava) beside them to pick the llava
@@ -14,7 +14,7 @@ FIXTURES = Path(__file__).parent.parent / "fixtures"
 TOKENIZERS = {"llama2": FIXTURES / "llama2-tokenizer" / "tokenizer.json",
               "mistral": FIXTURES / "mistral-tokenizer" / "tokenizer.json"}
 
-# chat_template.json of llava-hf/llava-1.5-7b-hf (REFERENCE.md 5.2)
+# chat_template.json of llava-hf/llava-1.5-7b-hf
 CHAT_TEMPLATE = (
     "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
     "{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
@@ -40,7 +40,7 @@ def write_processor_files(folder, tokenizer="llama2", legacy=False, image_size=3
     """Write llava-hf processor files into `folder` (created if needed) and return its Path.
 
     tokenizer: "llama2" (llava-1.5) or "mistral" (bakLlava). legacy: the tokenizer_config flag
-    (AutoProcessor ignores it on a llava folder, REFERENCE.md 5.3). chat_template: "json"
+    (AutoProcessor ignores it on a llava folder). chat_template: "json"
     (chat_template.json, as the hub has it), "jinja" (chat_template.jinja, as transformers 5 saves it),
     "tokenizer_config" (inside tokenizer_config.json) or None. image_token_index: 32000 (llava-hf) or
     32001 (then `<pad>` is 32000). padding_side: written into tokenizer_config.json unless None.

@@ -1,34 +1,7 @@
-"""The original LLaVA-1.5 release (liuhaotian/llava-v1.5-7b, haotian-liu/LLaVA): load it, convert it,
-and prompt it the way the original repository does.
+"""Reading an original LLaVA-1.5 checkpoint (`.bin` shards + the openai CLIP folder) and converting it to
+a llava-hf folder. The key renaming, the vocabulary padding and the pickle policy are explained in
+minillava/original/__init__.py."""
 
-An original checkpoint is a Vicuna `LlavaLlamaForCausalLM` saved as PyTorch pickles
-(`pytorch_model-0000N-of-0000M.bin` + `pytorch_model.bin.index.json`) with keys `model.layers.N.*`,
-`lm_head.weight` and `model.mm_projector.{0,2}.*`. The CLIP tower is not in it: LLaVA loads it at run
-time from `mm_vision_tower` (openai/clip-vit-large-patch14-336), so you pass that folder too (its
-`model.safetensors`, else its `pytorch_model.bin`; the text tower and projections in it are skipped).
-REFERENCE.md section 3 has the details.
-
-    model = load_original("llava-v1.5-7b", "clip-vit-large-patch14-336")   # a minillava Llava
-    convert_original("llava-v1.5-7b", "clip-vit-large-patch14-336", "llava-v1.5-7b-hf")  # a llava-hf folder
-
-Vocabulary. The original has 32000 rows and no `<image>` row: the image is spliced in at a -200
-placeholder. minillava (like llava-hf) marks image positions with a real id, so both functions pad
-`embed_tokens` and `lm_head` exactly as llava-hf did: 32000 + 2 rounded up to a multiple of 64 = 32064
-rows, `<image>` = 32000, `<pad>` = 32001 (same ids, same config, same tokenizer files as llava-hf).
-The new rows are the *mean* of the old rows (llava-hf sampled them around that mean with a tiny
-covariance). A mean `lm_head` row scores the mean of the 32000 real logits, which is never above
-their maximum, so greedy decoding can never pick a padded id, and `logits[..., :32000]` are exactly
-the original model's logits. The embedding rows are never read: `<image>` positions are overwritten
-by image features and `<pad>` positions are masked.
-
-Original mode (`prepare`): the vicuna_v1 conversation with its system prompt and `</s>` after each
-answer, the prompt tokenized chunk by chunk around `<image>` (`tokenize_original`), and images padded
-to a square of the mean colour before the usual CLIP resize and crop (the original `expand2square`).
-
-Pickles: `.bin` files are read only here, only with `torch.load(weights_only=True)`, which refuses
-anything but tensors and plain containers; whatever is not a dict of name -> tensor is refused too.
-"""
-import copy
 import json
 import math
 import pickle
@@ -40,12 +13,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .chat import format_conversation
-from .config import LlavaConfig, VisionConfig
-from .errors import CheckpointError, ConfigError, PromptError, TokenizerError
-from .checkpoint import CLIP_MEAN, CLIP_STD, check_names, save_weights, write_json, write_processor_configs
-from .llava import Llava
-from .loading import resolve_device, resolve_dtype
+from ..checkpoint import CLIP_MEAN, CLIP_STD, check_names, save_weights, weight_files, write_json, write_processor_configs
+from ..config import LlavaConfig, VisionConfig, read_json
+from ..errors import CheckpointError, ConfigError, TokenizerError
+from ..llava import Llava
+from ..loading import resolve_device, resolve_dtype
 
 IMAGE_TOKEN = "<image>"
 # LlamaConfig fields an original config.json carries that belong in llava-hf's text_config
@@ -85,33 +57,13 @@ def read_bin(path):
 
 
 def _read_json(path, default=None):
-    """A JSON file; `default` (when given) for a missing file, else ConfigError."""
-    if default is not None and not Path(path).is_file():
-        return default
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    """config.read_json, or `default` (when given) for a missing file."""
+    return default if default is not None and not Path(path).is_file() else read_json(path)
 
 
 def _bin_files(folder):
     """The `.bin` shards named by pytorch_model.bin.index.json, or the single pytorch_model.bin."""
-    index = folder / "pytorch_model.bin.index.json"
-    if index.is_file():
-        weight_map = _read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise CheckpointError(f"{index}: expected {{'weight_map': {{tensor: shard}}}}")
-        shards = sorted(set(weight_map.values()))
-        for s in shards:
-            if not isinstance(s, str) or Path(s).name != s or not (folder / s).is_file():
-                raise CheckpointError(f"{index} names shard {s!r}, which is not a file in {folder}")
-        return [folder / s for s in shards]
-    if (folder / "pytorch_model.bin").is_file():
-        return [folder / "pytorch_model.bin"]
-    raise CheckpointError(f"{folder}: no pytorch_model.bin.index.json or pytorch_model.bin "
-                          f"(is this an original liuhaotian LLaVA folder?)")
+    return weight_files(folder, index="pytorch_model.bin.index.json", single="pytorch_model.bin")
 
 
 def original_key(key):
@@ -329,54 +281,3 @@ def write_processor_files(folder, clip_folder, out_folder, tokenizer=None):
     write_json(out / "special_tokens_map.json", {**special, "pad_token": "<pad>"})
     write_json(out / "added_tokens.json", added)
     return out
-
-
-# --- original mode: prompts and images ------------------------------------------------------------
-
-def tokenize_original(processor_or_tokenizer, prompt, n_image_tokens, image_token_id):
-    """Token ids as the original `tokenizer_image_token` makes them, with each `<image>` as a run of
-    `n_image_tokens` ids `image_token_id` (the original puts one -200 there and splices the features in).
-
-    The prompt is split on "<image>" and each chunk is tokenized on its own, so each chunk gets
-    sentencepiece's leading "▁": "USER: <image>\\nHi" -> [1, 3148, 1001, 29901, 29871, <image>, 29871, 13, ...]
-    where one tokenizer call on the whole string (llava-hf) may give no 29871 after the image
-    (REFERENCE.md 3.3, 5.3). Every chunk but the first loses the BOS its tokenizer call added.
-    processor_or_tokenizer: a minillava Processor or a `tokenizers.Tokenizer`.
-    """
-    tok = getattr(processor_or_tokenizer, "tokenizer", processor_or_tokenizer)
-    chunks = [tok.encode(chunk).ids for chunk in prompt.split(IMAGE_TOKEN)]
-    bos = getattr(processor_or_tokenizer, "bos_token_id", None) or tok.token_to_id("<s>")
-    offset = 1 if chunks[0] and chunks[0][0] == bos else 0  # as the original: x[offset:] for every later chunk
-    ids = chunks[0][:]
-    for chunk in chunks[1:]:
-        ids += [image_token_id] * n_image_tokens + chunk[offset:]
-    return ids
-
-
-def prepare(processor, conversation_or_prompt, images=None, pad=True):
-    """Model inputs the way the original LLaVA makes them: {"input_ids", "attention_mask"[, "pixel_values"]}.
-
-    conversation_or_prompt: a conversation (list of {"role", "content"} messages), rendered with the
-    vicuna_v1 template (`minillava.chat.format_conversation(..., style="vicuna_v1")`: the original system
-    prompt, "</s>" after each answer, images first in the first user message), or a prompt string used
-    as it is. Tokenized with `tokenize_original`. images: one image or a list, in `<image>` order; each is
-    padded to a square of the mean colour (122, 116, 104) first (original `expand2square`; pad=False
-    for checkpoints whose image_aspect_ratio is not "pad"), then resized and cropped as usual.
-    processor: the minillava Processor of a llava-hf folder (e.g. one written by `convert_original`).
-    """
-    if isinstance(conversation_or_prompt, str):
-        prompt = conversation_or_prompt
-    else:
-        prompt = format_conversation(conversation_or_prompt, add_generation_prompt=True, style="vicuna_v1")
-    images = [] if images is None else list(images) if isinstance(images, (list, tuple)) else [images]
-    if prompt.count(IMAGE_TOKEN) != len(images):
-        raise PromptError(f"the prompt contains {prompt.count(IMAGE_TOKEN)} {IMAGE_TOKEN} marker(s) but "
-                          f"{len(images)} image(s) were given")
-    out, n = {}, 0
-    if images:
-        padded = copy.copy(processor)  # the same processor with square padding switched on or off
-        padded.image_config = {**processor.image_config, "do_pad": pad}
-        out["pixel_values"] = padded.preprocess(images)  # (N, 3, H, W)
-        n = processor.num_image_tokens(*out["pixel_values"].shape[-2:])
-    ids = torch.tensor([tokenize_original(processor, prompt, n, processor.image_token_id)])
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), **out}
