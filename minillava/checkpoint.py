@@ -9,6 +9,7 @@ already matches, so loading needs about one copy of the weights in memory, not t
 `low_cpu_mem_usage` pattern).
 """
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from safetensors.torch import save_file
 
 from .chat import LLAVA_CHAT_TEMPLATE
 from .errors import CheckpointError
+from .images import CLIP_MEAN, CLIP_STD
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -176,9 +178,12 @@ def _progress_bar(done, total, width=30):
 
 # --- writing (the demo's training and convert-original): the files transformers' save_pretrained writes ---
 
-# OpenAI CLIP's pixel statistics, the defaults of CLIPImageProcessor
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+def padded_vocab_size(n_tokens):
+    """The vocabulary llava-hf gives a checkpoint: its n_tokens plus `<image>` and `<pad>`, rounded up to a
+    multiple of 64 (transformers' conversion script: resize_token_embeddings(n + 2, pad_to_multiple_of=64))."""
+    return math.ceil((n_tokens + 2) / 64) * 64
+
 
 
 def write_json(path, obj):

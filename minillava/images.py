@@ -21,11 +21,13 @@ from PIL import Image, ImageOps
 from .errors import ConfigError, ImageError
 
 BACKENDS = ("pil", "torch")
+# OpenAI CLIP's pixel statistics (over its training images), the defaults of CLIPImageProcessor
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 # CLIPImageProcessor's defaults, used for keys a preprocessor_config.json leaves out
 IMAGE_DEFAULTS = dict(do_resize=True, size={"shortest_edge": 224}, resample=3,
                       do_center_crop=True, crop_size={"height": 224, "width": 224}, do_rescale=True,
-                      rescale_factor=1 / 255, do_normalize=True, image_mean=[0.48145466, 0.4578275, 0.40821073],
-                      image_std=[0.26862954, 0.26130258, 0.27577711], do_pad=False)
+                      rescale_factor=1 / 255, do_normalize=True, image_mean=CLIP_MEAN, image_std=CLIP_STD, do_pad=False)
 
 
 def pixels_pil(x, c):

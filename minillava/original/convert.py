@@ -3,7 +3,6 @@ a llava-hf folder. The key renaming, the vocabulary padding and the pickle polic
 minillava/original/__init__.py."""
 
 import json
-import math
 import pickle
 import shutil
 import warnings
@@ -13,9 +12,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from ..checkpoint import CLIP_MEAN, CLIP_STD, check_names, save_weights, weight_files, write_json, write_processor_configs
+from ..checkpoint import check_names, padded_vocab_size, save_weights, weight_files, write_json, write_processor_configs
 from ..config import LlavaConfig, VisionConfig, read_json
 from ..errors import CheckpointError, ConfigError, TokenizerError
+from ..images import CLIP_MEAN, CLIP_STD
 from ..llava import Llava
 from ..loading import resolve_device, resolve_dtype
 
@@ -116,7 +116,7 @@ def llava_hf_config(folder, clip_folder):
     vision = {k: v for k, v in vision.items() if k in VisionConfig.__dataclass_fields__}
     vision["model_type"] = "clip_vision_model"
     n = orig.get("vocab_size", 32000)
-    vocab = math.ceil((n + 2) / 64) * 64  # transformers' conversion: resize_token_embeddings(n + 2, pad_to_multiple_of=64)
+    vocab = padded_vocab_size(n)
     text = {k: orig[k] for k in TEXT_KEYS if k in orig}
     text.update(model_type="llama", vocab_size=vocab)
     cfg = {"architectures": ["LlavaForConditionalGeneration"], "ignore_index": -100, "image_token_index": n,
