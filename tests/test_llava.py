@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from minillava import CheckpointError, ImageError, Llava, LlavaConfig, PromptError, load_model
+from minillava import CheckpointError, GenerationError, ImageError, Llava, LlavaConfig, PromptError, load_model
 from tests.helpers import checkpoints as C
 from tests.helpers.mistakes import IMAGE_ID, raises
 
@@ -80,6 +80,57 @@ def test_vision_features_and_projector(pair, name):
     got = ours.image_features(pv)
     assert got.shape == want.shape == (2, n_image_tokens(ours), ours.config.text_config.hidden_size)
     assert (got - want).abs().max() <= ATOL
+
+
+@pytest.mark.parametrize("name", ["gqa", "multilayer"])
+@torch.no_grad()
+def test_every_module_on_its_own(pair, name):
+    """The inner modules run on their own and give transformers' outputs: the CLIP encoder stack, the decoder
+    stack (final norm included), the decoder with its LM head."""
+    ours, ref = pair(name)
+    pv = torch.randn(1, 3, 56, 56, generator=torch.Generator().manual_seed(8))
+    want = ref.model.vision_tower(pixel_values=pv, output_hidden_states=True).hidden_states
+    got = ours.vision_tower.vision_model(pv)  # every layer: index 0 is the embeddings after pre_layrnorm
+    assert len(got) == len(want) and max((g - w).abs().max() for g, w in zip(got, want)) <= ATOL
+    embeds = torch.randn(1, 9, ours.config.text_config.hidden_size, generator=torch.Generator().manual_seed(9))
+    want = ref.model.language_model(inputs_embeds=embeds).last_hidden_state
+    assert (ours.language_model.model(embeds) - want).abs().max() <= ATOL
+    assert (ours.language_model(embeds) - ref(inputs_embeds=embeds).logits).abs().max() <= ATOL
+
+
+@torch.no_grad()
+def test_stages_are_the_forward_pass_taken_apart(pair):
+    ours, ref = pair("multilayer")
+    ids, pv = prompt(ours, 1)
+    stages = ours.stages(ids, pv, torch.ones_like(ids))
+    layers = ours.config.feature_layers
+    assert list(stages) == ["input_ids", "attention_mask", "pixel_values",
+                            *[f"vision_hidden_states.{i}" for i in layers], "vision_features", "image_features",
+                            "inputs_embeds", "logits"]
+    assert torch.equal(stages["logits"], ours(ids, pv, attention_mask=torch.ones_like(ids)))
+    assert torch.equal(stages["image_features"], ours.image_features(pv))
+    assert (stages["logits"] - ref(input_ids=ids, pixel_values=pv).logits).abs().max() <= ATOL
+    assert "pixel_values" not in ours.stages(prompt(ours, 0)[0])
+
+
+def test_forward_takes_ids_or_embeddings_not_both(pair):
+    ours, _ = pair("mha")
+    ids, pv = prompt(ours, 1)
+    embeds = ours.embed(ids, pv)
+    with pytest.raises(PromptError, match="either input_ids .* or inputs_embeds"):
+        ours(ids, inputs_embeds=embeds)  # transformers raises too; before, the embeddings silently won
+    with pytest.raises(PromptError, match="either input_ids"):
+        ours(inputs_embeds=embeds, pixel_values=pv)
+    with pytest.raises(PromptError, match="either input_ids"):
+        ours()
+
+
+def test_a_full_cache_is_a_clear_error(pair):
+    ours, _ = pair("gqa")
+    ids, _ = prompt(ours, 0, text_len=6)
+    cache = ours.new_cache(1, 4)
+    with pytest.raises(GenerationError, match=rf"KV cache holds 4 positions, 0 are used and {ids.shape[1]} more.*at least"):
+        ours(ids, cache=cache)
 
 
 @pytest.mark.parametrize("name", ["mha", "mistral"])
