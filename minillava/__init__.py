@@ -5,9 +5,11 @@
     logits = model(**inputs)  # (1, T, vocab), equal to transformers' LlavaForConditionalGeneration
     ids = minillava.generate(model, **inputs, max_new_tokens=20)
 """
+from .compare import compare
 from .config import LlavaConfig, TextConfig, VisionConfig
 from .errors import (
                      CheckpointError,
+                     CompareError,
                      ConfigError,
                      DeviceError,
                      GenerationError,
@@ -20,7 +22,8 @@ from .generation import ChatSession, generate, stream
 from .llava import Llava
 from .loading import DEMO, load, load_model
 from .processor import Processor
+from .verify import verify
 
 __all__ = ["load", "load_model", "generate", "stream", "ChatSession", "Llava", "Processor", "LlavaConfig",
-           "TextConfig", "VisionConfig", "MinillavaError", "ConfigError", "CheckpointError", "TokenizerError",
-           "ImageError", "PromptError", "GenerationError", "DeviceError", "DEMO"]
+           "TextConfig", "VisionConfig", "compare", "verify", "MinillavaError", "ConfigError", "CheckpointError",
+           "TokenizerError", "ImageError", "PromptError", "GenerationError", "DeviceError", "CompareError", "DEMO"]

@@ -3,6 +3,8 @@
     minillava ask --image photo.jpg "What is in this picture?"
     minillava chat --image photo.jpg
     minillava logits --image photo.jpg "What is this?" --out stages.safetensors
+    minillava compare ref.safetensors mine.safetensors --atol 1e-4 --rtol 1e-4
+    minillava verify llava-1.5-7b-hf
 
 Without --model, the tiny demo checkpoint that ships inside the package is used.
 """
@@ -48,6 +50,20 @@ def build_parser():
     conv.add_argument("out")
     conv.add_argument("--tokenizer", default=None, help="a tokenizer.json to use (the original repos ship only "
                                                         "tokenizer.model): e.g. llava-1.5-7b-hf's")
+    cmp = sub.add_parser("compare", help="compare two stage dumps; exit 0 all pass, 1 a stage fails, 2 unusable input")
+    cmp.add_argument("ref", help="the reference dump (`minillava logits --out`)")
+    cmp.add_argument("other", help="the dump to check, with the same stage names (or --map)")
+    cmp.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance (default: 1e-5)")
+    cmp.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default: 1e-5)")
+    cmp.add_argument("--map", action="append", default=[], metavar="OTHER_NAME=OUR_NAME",
+                     help="OTHER's name for one of our stages; repeat for several")
+    cmp.add_argument("--stage", action="append", default=[], help="compare only this stage; repeat for several")
+    ver = sub.add_parser("verify", help="check a checkpoint folder, answer a built-in question, compare with "
+                                        "transformers when installed; exit status as compare")
+    ver.add_argument("folder")
+    ver.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available, else cpu)")
+    ver.add_argument("--dtype", default=None, help="default: the checkpoint's dtype on a GPU, float32 on CPU")
+    ver.add_argument("--no-reference", action="store_true", help="do not compare with transformers")
     return p
 
 
@@ -153,6 +169,12 @@ def main(argv=None, stdin=None, stdout=None):
             from .original import convert_original
             convert_original(args.original, args.clip, args.out, tokenizer=args.tokenizer)
             print(f"wrote {args.out}")
+        elif args.command == "compare":
+            from .compare import main as compare_main
+            return compare_main(args, out)
+        elif args.command == "verify":
+            from .verify import main as verify_main
+            return verify_main(args, out)
     except MinillavaError as e:
         sys.stderr.write(f"minillava: error: {e}\n")
         return 2

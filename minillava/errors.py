@@ -37,3 +37,8 @@ class GenerationError(MinillavaError, ValueError):
 
 class DeviceError(MinillavaError):
     """The requested device or dtype is not available on this machine."""
+
+
+class CompareError(MinillavaError, ValueError):
+    """Two stage dumps cannot be compared: a file that is not a safetensors dump, a stage missing from one
+    side, stages whose shapes differ, a malformed name mapping."""
