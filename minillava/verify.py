@@ -17,6 +17,7 @@ minillava agree with transformers on it?
    `AutoProcessor` + `LlavaForConditionalGeneration` on the same device and dtype, and a table of the
    differences in token ids, pixel values, logits and greedy tokens (minillava.compare's rules).
 """
+import importlib.util
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,7 +93,9 @@ def verify(folder, device=None, dtype=None, reference=True, question=QUESTION, p
                                          add_generation_prompt=True)
     from .images import load_image
     image = load_image(picture)
-    inputs = processor(text=text, images=image)
+    # transformers resizes with torchvision when it is installed, with PIL otherwise: the same backend here
+    backend = "torch" if reference and all(map(importlib.util.find_spec, ("transformers", "torchvision"))) else "pil"
+    inputs = processor(text=text, images=image, backend=backend)
     ours = {**inputs, "logits": model(**inputs).float().cpu()}
     from .generation import generate
     ours["greedy_tokens"] = generate(model, **inputs, max_new_tokens=max_new_tokens).cpu()
@@ -118,8 +121,8 @@ def verify(folder, device=None, dtype=None, reference=True, question=QUESTION, p
     report.comparisons.append(compare({k: ours[k] for k in ("attention_mask", "logits", "greedy_tokens")},
                                       {k: theirs[k] for k in ("attention_mask", "logits", "greedy_tokens")},
                                       atol, rtol))
-    report.notes.append(f"compared with transformers {transformers.__version__} on {device}, {dtype}: "
-                        f"prompt {text!r}")
+    report.notes.append(f"compared with transformers {transformers.__version__} on {device}, {dtype}, resized "
+                        f"with {'torchvision' if backend == 'torch' else 'PIL'}: prompt {text!r}")
     return report
 
 
