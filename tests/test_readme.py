@@ -1,10 +1,12 @@
 """The README stays true: its module map's line counts, its commands, and its Python example."""
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import minillava
+import minillava.testing
 
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -34,3 +36,14 @@ def test_python_example_runs_on_the_demo(tmp_path):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip()
+
+
+def test_pytest_example_runs(tmp_path):
+    """The "minillava in your tests" example, as a user would run it, with LLAVA_FOLDER set to the demo."""
+    code = re.search(r"```python\n(.*?)```", block("pytest-example"), re.S).group(1)
+    (tmp_path / "test_my_engine.py").write_text(code, encoding="utf-8")
+    env = {**os.environ, "LLAVA_FOLDER": str(minillava.DEMO), "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_my_engine.py"],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert f"{len(minillava.testing.VARIANTS) + 1} passed" in run.stdout and "skipped" not in run.stdout, run.stdout

@@ -27,7 +27,7 @@ def both(folder, image_seed=1):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
     ref, info = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32, output_loading_info=True)
     assert not any(info.values()), info  # every stored tensor used, every parameter loaded
-    ref_processor = AutoProcessor.from_pretrained(folder)
+    ref_processor = AutoProcessor.from_pretrained(folder, backend="pil")  # minillava's default resize (PIL)
     model, processor = minillava.load(folder)
     text = processor.apply_chat_template(CONVERSATION, add_generation_prompt=True)
     assert text == ref_processor.apply_chat_template(CONVERSATION, add_generation_prompt=True)
