@@ -47,10 +47,11 @@ class Verified:
     answer: str = ""
     comparisons: list = field(default_factory=list)  # minillava.compare Reports, when transformers was there
     notes: list = field(default_factory=list)
+    reference_error: str = ""  # why transformers could not be compared, when it failed on the folder
 
     @property
     def passed(self):
-        return all(r.passed for r in self.comparisons)
+        return not self.reference_error and all(r.passed for r in self.comparisons)
 
     @property
     def exit_status(self):
@@ -108,7 +109,13 @@ def verify(folder, device=None, dtype=None, reference=True, question=QUESTION, p
     except ImportError:
         report.notes.append("transformers is not installed: the comparison with it was skipped")
         return report
-    theirs = reference_outputs(folder, text, image, device, dtype, max_new_tokens, processor.pad_token_id)
+    try:
+        theirs = reference_outputs(folder, text, image, device, dtype, max_new_tokens, processor.pad_token_id)
+    except Exception as e:  # transformers refuses a folder minillava accepts: a disagreement too
+        report.reference_error = f"transformers {transformers.__version__} could not run it: {type(e).__name__}: " + \
+                                 (str(e).splitlines() or [""])[0][:300]
+        report.notes.append(report.reference_error)
+        return report
     n_new = max(ours["greedy_tokens"].shape[1], theirs["greedy_tokens"].shape[1])
     for d in (ours, theirs):  # a side that stopped at EOS earlier is padded with -1 (a difference, as it should be)
         d["greedy_tokens"] = torch.nn.functional.pad(d["greedy_tokens"], (0, n_new - d["greedy_tokens"].shape[1]),

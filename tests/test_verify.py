@@ -141,3 +141,13 @@ def test_on_cuda_in_half_precision(tmp_path, dtype):
     report = minillava.verify(folder)  # CUDA by default, in the checkpoint's dtype
     assert report.passed, str(report)
     assert f"on cuda, torch.{dtype}" in str(report)
+
+
+def test_transformers_failing_on_the_folder_is_a_disagreement(tmp_path, monkeypatch, capsys):
+    folder = testing.write_checkpoint(tmp_path / "mha", "mha")
+
+    def refusing(*args):
+        raise OSError("Can't load the configuration\nof this folder")
+    monkeypatch.setattr(verify_module, "reference_outputs", refusing)
+    status, out, err = run_cli(capsys, folder, "--device", "cpu")
+    assert status == 1 and "could not run it: OSError: Can't load the configuration" in out and "DISAGREE" in out
