@@ -20,13 +20,15 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import save_weights, write_json, write_processor_configs
+from .checkpoint import padded_vocab_size, save_weights, write_json, write_processor_configs
 from .config import LlavaConfig
+from .images import CLIP_MEAN, CLIP_STD
 from .llava import Llava
 
 DEMO = Path(__file__).parent / "demo"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
-IMAGE_TOKEN_INDEX, PAD_TOKEN_ID, VOCAB = 475, 476, 512  # the demo tokenizer: 475 tokens, then <image>, <pad>
+IMAGE_TOKEN_INDEX, PAD_TOKEN_ID = 475, 476  # the demo tokenizer: 475 tokens, then <image>, <pad>
+VOCAB = padded_vocab_size(IMAGE_TOKEN_INDEX)  # 512, as llava-hf padded Llama-2's 32000 to 32064
 
 VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
           "image_size": 56, "patch_size": 14, "model_type": "clip_vision_model", "projection_dim": 16}
@@ -213,8 +215,8 @@ def _write_clip(vision, out, seed):
         "vision_config_dict": dict(VISION), "torch_dtype": "float32"})
     write_json(out / "preprocessor_config.json", {  # openai's older format: integers, not dicts
         "crop_size": VISION["image_size"], "do_center_crop": True, "do_normalize": True, "do_resize": True,
-        "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": [0.48145466, 0.4578275, 0.40821073],
-        "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "size": VISION["image_size"]})
+        "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": CLIP_MEAN, "image_std": CLIP_STD,
+        "resample": 3, "size": VISION["image_size"]})
 
 
 def image(seed=0, size=(80, 64)):

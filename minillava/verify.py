@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import INDEX, FLOAT_DTYPES, check_layer_counts, check_names, open_checkpoint, weight_files
+from .checkpoint import FLOAT_DTYPES, INDEX, check_layer_counts, check_names, open_checkpoint, weight_files
 from .compare import compare
 from .config import LlavaConfig
 from .errors import CheckpointError, ConfigError, TokenizerError
