@@ -14,6 +14,8 @@ from pathlib import Path
 
 from .errors import ConfigError
 
+# text_config.hidden_act values the decoder implements (llama.ACTIVATIONS)
+TEXT_ACTIVATIONS = ("silu", "gelu", "relu", "gelu_pytorch_tanh")
 DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16",
           "fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16", "float": "float32"}
 
@@ -155,8 +157,9 @@ class LlavaConfig:
                 raise ConfigError(f"{source}: {where}.{name} = {x!r}, expected a positive finite number")
         if t.sliding_window is not None and t.sliding_window <= 0:
             raise ConfigError(f"{source}: text_config.sliding_window = {t.sliding_window}, expected a positive integer or null")
-        if t.hidden_act != "silu":
-            raise ConfigError(f"{source}: text_config.hidden_act {t.hidden_act!r} is not supported (expected 'silu')")
+        if t.hidden_act not in TEXT_ACTIVATIONS:
+            raise ConfigError(f"{source}: text_config.hidden_act {t.hidden_act!r} is not supported (expected one of "
+                              f"{TEXT_ACTIVATIONS})")
         if v.hidden_act not in ("quick_gelu", "gelu"):
             raise ConfigError(f"{source}: vision_config.hidden_act {v.hidden_act!r} is not supported (expected 'quick_gelu')")
         if self.projector_hidden_act != "gelu":

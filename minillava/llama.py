@@ -114,8 +114,14 @@ class LlamaAttention(nn.Module):
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
 
+# text_config.hidden_act -> the function, as transformers' ACT2FN defines it: "silu" in every LLaVA-1.5 checkpoint;
+# transformers' own tiny LLaVA test model uses "gelu" (the exact, erf one)
+ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu,
+               "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh")}
+
+
 class LlamaMLP(nn.Module):
-    """SwiGLU (Shazeer 2020): down(silu(gate(x)) * up(x))."""
+    """SwiGLU (Shazeer 2020): down(silu(gate(x)) * up(x)), silu being text_config.hidden_act."""
 
     def __init__(self, cfg: TextConfig):
         super().__init__()
@@ -123,9 +129,10 @@ class LlamaMLP(nn.Module):
         self.gate_proj = nn.Linear(D, hidden, bias=b)
         self.up_proj = nn.Linear(D, hidden, bias=b)
         self.down_proj = nn.Linear(hidden, D, bias=b)
+        self.act = ACTIVATIONS[cfg.hidden_act]
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
 class LlamaDecoderLayer(nn.Module):

@@ -49,7 +49,7 @@ def test_config_field_of_the_wrong_type(ckpt, where, key, value):
     ("vision_config", "patch_size", 5, "multiple"), ("text_config", "head_dim", 3, "even"),
     ("text_config", "rms_norm_eps", float("nan"), "positive finite"), ("text_config", "rope_theta", float("inf"), "finite"),
     ("text_config", "rms_norm_eps", 10 ** 400, "finite"), ("text_config", "sliding_window", 0, "positive"),
-    ("text_config", "hidden_act", "relu", "not supported"),
+    ("text_config", "hidden_act", "tanh", "not supported"),
     (None, "vision_feature_layer", 2, "[-2, 1]"), (None, "vision_feature_layer", -3, "[-2, 1]"),
     (None, "vision_feature_layer", [], "non-empty"), (None, "image_token_index", 64, "outside the vocabulary"),
     (None, "image_token_index", -1, "outside the vocabulary"), (None, "vision_feature_select_strategy", "cls", "expected"),

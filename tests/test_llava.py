@@ -331,3 +331,15 @@ def test_model_inputs(tiny_model):
     raises(PromptError, "input_ids", "list", call=lambda: tiny_model([[1, 2]]))
     raises(PromptError, "input_ids", "torch.float32", call=lambda: tiny_model(torch.ones(1, 2)))
     raises(PromptError, "input_ids", "(3,)", call=lambda: tiny_model(torch.tensor([1, 2, 3])))
+
+
+@pytest.mark.parametrize("act", ["gelu", "relu", "gelu_pytorch_tanh"])
+@torch.no_grad()
+def test_decoder_activations_other_than_silu(tmp_path, act):
+    # transformers' own tiny LLaVA test model uses text_config.hidden_act "gelu"
+    text = dict(C.CONFIGS["gqa"]["text_config"], hidden_act=act)
+    folder = C.build(tmp_path / act, "gqa", processor=False, seed=6, text_config=text)
+    ours, ref = load_model(folder), C.reference(folder)
+    ids, pixels = prompt(ours)
+    want = ref(input_ids=ids, pixel_values=pixels).logits
+    assert (ours(ids, pixels) - want).abs().max() <= ATOL
