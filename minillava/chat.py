@@ -5,8 +5,9 @@ content is a string or a list of items {"type": "text", "text": "..."} / {"type"
 itself is passed to the processor separately; here an image item only places an `<image>` marker).
 
 Two formats:
-- style="llava": what llava-hf's chat_template.json renders, which is what
-  `processor.apply_chat_template` gives in transformers 5.23. Written out in Python:
+- style="llava": what llava-hf's chat_template.json renders, which is what `processor.apply_chat_template`
+  gives (in transformers and in minillava, which renders the folder's template: minillava/template.py).
+  Written out in Python, as the version to read:
   each message is "ROLE: " (no prefix for system), then "<image>\\n" for each of its images, then each of
   its texts followed by a space; "ASSISTANT:" at the end when add_generation_prompt. There is no default
   system prompt and no "</s>" after assistant turns.
@@ -35,6 +36,11 @@ STYLES = ("llava", "vicuna_v1")
 def user_message(text, n_images=0):
     """One user turn: its images first, then the text (the order the llava template renders anyway)."""
     return {"role": "user", "content": [{"type": "image"}] * n_images + [{"type": "text", "text": text}]}
+
+
+def system_message(text):
+    """A system turn, its content as a list: llava-hf's template reads content as a list and drops a bare string."""
+    return {"role": "system", "content": [{"type": "text", "text": text}]}
 
 
 def format_conversation(conversation, add_generation_prompt=True, style="llava"):

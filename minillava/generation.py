@@ -8,7 +8,7 @@ positions as it computes them, EOS handling as it does); `stream` yields text as
 """
 import torch
 
-from .chat import user_message
+from .chat import system_message, user_message
 from .errors import GenerationError, PromptError
 from .images import load_image
 
@@ -182,7 +182,7 @@ class ChatSession:
         self.reset()
 
     def reset(self):
-        self.messages = [{"role": "system", "content": self.system}] if self.system else []
+        self.messages = [system_message(self.system)] if self.system else []
         self.images = []  # every image of the conversation, in order
         self.cached_ids = []  # the token ids whose keys and values are in self.cache
         self.cache = None

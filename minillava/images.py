@@ -7,8 +7,9 @@ image_processing_backends.py / image_transforms.py) with two backends:
   original LLaVA training code, and numpy/PIL give the same numbers on every machine.
 - "torch" is bit-identical to transformers' torchvision backend on CPU (`CLIPImageProcessor`, what
   transformers picks when torchvision *is* installed), written with torch alone. The two backends differ
-  by 1-2 uint8 levels on a small fraction of the pixels of a photo (bicubic weights computed differently).
-`do_pad` adds the original LLaVA's pad-to-square (`expand2square`) before all of it.
+  by 1-2 uint8 levels on a small fraction of the pixels of some photos after a resize (none on others).
+`do_pad` of a `LlavaImageProcessor` adds the original LLaVA's pad-to-square (`expand2square`) before all of it;
+`do_pad` of a `CLIPImageProcessor` pads a batch of differently sized results to the largest (`pad_batch`).
 """
 import math
 from pathlib import Path
@@ -27,7 +28,8 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 # CLIPImageProcessor's defaults, used for keys a preprocessor_config.json leaves out
 IMAGE_DEFAULTS = dict(do_resize=True, size={"shortest_edge": 224}, resample=3,
                       do_center_crop=True, crop_size={"height": 224, "width": 224}, do_rescale=True,
-                      rescale_factor=1 / 255, do_normalize=True, image_mean=CLIP_MEAN, image_std=CLIP_STD, do_pad=False)
+                      rescale_factor=1 / 255, do_normalize=True, image_mean=CLIP_MEAN, image_std=CLIP_STD, do_pad=False,
+                      do_convert_rgb=True)
 
 
 def pixels_pil(x, c):
@@ -67,8 +69,10 @@ def pixels_torch(x, c):
     return x * c["rescale_factor"] if c["do_rescale"] else x.float()
 
 
-def load_image(image, index=0, composite="numpy"):
-    """A PIL image, an (H, W, C) uint8 array or a path -> (H, W, 3) uint8 RGB array; ImageError if unreadable.
+def load_image(image, index=0, composite="numpy", convert_rgb=True):
+    """A PIL image, a uint8 array or tensor ((H, W, C) or (C, H, W)) or a path -> (H, W, 3) uint8 RGB array;
+    ImageError if unreadable. convert_rgb=False (do_convert_rgb: false) takes RGB images only, as transformers
+    then cannot normalize other channel counts.
 
     PIL images: transparency is composited onto white (image_transforms.convert_to_rgb in transformers 5).
     Paths: opened as transformers.image_utils.load_image does: EXIF rotation applied, then .convert("RGB"),
@@ -76,8 +80,21 @@ def load_image(image, index=0, composite="numpy"):
     Arrays with 4 channels are composited onto white with the formula of the backend named by `composite`
     ("numpy" for pil, "torch" for torch). 16-bit grayscale is scaled to 8 bits (see _to_rgb)."""
     where = f"image {index}"
+    if torch.is_tensor(image):  # e.g. torchvision.io.read_image: (3, H, W) uint8
+        if image.dtype != torch.uint8:
+            raise ImageError(f"{where}: tensor of dtype {image.dtype}; expected uint8 (0-255), as read_image gives")
+        image = image.detach().cpu().numpy()
+    if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[0] in (1, 3):
+        # channels first, decided as transformers' infer_channel_dimension_format does (first axis wins a tie)
+        image = image.transpose(1, 2, 0)
+    if not convert_rgb:
+        _check_rgb(image, where)
     if isinstance(image, (str, Path)):
         where += f" ({image})"
+        if str(image).startswith(("http://", "https://")):
+            raise ImageError(f"{where}: a URL; minillava reads local files only (download it first)")
+        if Path(image).is_dir():
+            raise ImageError(f"{where}: a folder; expected an image file")
         if not Path(image).is_file():
             raise ImageError(f"{where}: file not found")
         try:
@@ -109,8 +126,8 @@ def load_image(image, index=0, composite="numpy"):
     if isinstance(image, np.ndarray):
         _check_size(image, where)
         if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
-            raise ImageError(f"{where}: array of shape {image.shape} and dtype {image.dtype}; expected (H, W, 3) uint8 "
-                             f"(or (H, W), (H, W, 1), (H, W, 4))")
+            raise ImageError(f"{where}: array of shape {image.shape} and dtype {image.dtype}; expected (H, W, 3) or "
+                             f"(3, H, W) uint8 (or (H, W), (H, W, 1), (1, H, W), (H, W, 4))")
         x = image.reshape(*image.shape[:2], -1)
         if x.shape[2] == 1:
             x = np.repeat(x, 3, axis=2)
@@ -122,7 +139,21 @@ def load_image(image, index=0, composite="numpy"):
             t = t[..., :3] * t[..., 3:] + (1 - t[..., 3:])
             x = (t * (255 + 1.0 - 1e-3)).to(torch.uint8).numpy()
         return _check_size(np.ascontiguousarray(x), where)
-    raise ImageError(f"{where}: got {type(image).__name__}; expected a PIL.Image, a numpy uint8 array or a file path")
+    raise ImageError(f"{where}: got {type(image).__name__}; expected a PIL.Image, a uint8 numpy array or torch tensor, "
+                     f"or a file path")
+
+
+def _check_rgb(image, where):
+    """do_convert_rgb: false. transformers then feeds the channels as they are to a 3-value normalize, which
+    fails on anything but RGB ("mean must have 4 elements"); files are always opened as RGB."""
+    if isinstance(image, Image.Image) and image.mode != "RGB":
+        got = f"a {image.mode} image"
+    elif isinstance(image, np.ndarray) and (image.ndim != 3 or image.shape[2] != 3):
+        got = f"an array of shape {image.shape}"
+    else:
+        return
+    raise ImageError(f"{where}: {got}, but preprocessor_config.json sets do_convert_rgb: false, so it is not converted "
+                     f"to RGB (transformers fails on it too); convert it to RGB first, or set do_convert_rgb: true")
 
 
 def _to_rgb(image):
@@ -180,6 +211,17 @@ def center_crop(x, crop_size, pad_rounds_up):
     return x[:, top:top + ch, left:left + cw]
 
 
+def pad_batch(pixels, pad_size=None):
+    """[(3, h, w)] float32 -> (N, 3, H, W): zeros below and to the right of each, up to the largest h and w or
+    `pad_size` (the `pad` of transformers' image processor backends, run after normalize)."""
+    H, W = (pad_size["height"], pad_size["width"]) if pad_size else (max(x.shape[1] for x in pixels),
+                                                                     max(x.shape[2] for x in pixels))
+    for i, x in enumerate(pixels):
+        if x.shape[1] > H or x.shape[2] > W:
+            raise ConfigError(f"pad_size {pad_size} is smaller than image {i} after resizing ({x.shape[1]}x{x.shape[2]})")
+    return torch.stack([F.pad(x, (0, W - x.shape[2], 0, H - x.shape[1])) for x in pixels])
+
+
 def flat_list(images):
     """One image, a list, or a list of lists (one per prompt) -> a flat list (make_flat_list_of_images)."""
     if not isinstance(images, (list, tuple)):
@@ -188,7 +230,17 @@ def flat_list(images):
 
 
 def check_image_config(c, path):
-    """Refuse image settings that would fail obscurely (or silently: a zero std) inside numpy or PIL."""
+    """preprocessor_config.json's settings, in the forms transformers accepts, -> one form (a new dict). Refuses
+    settings that would fail obscurely (or silently: a zero std) inside numpy or PIL."""
+    c = dict(c)
+    if type(c["size"]) is int:  # openai's CLIP configs: get_size_dict(size, default_to_square=False)
+        c["size"] = {"shortest_edge": c["size"]}
+    if type(c["crop_size"]) is int:
+        c["crop_size"] = {"height": c["crop_size"], "width": c["crop_size"]}
+    for key in ("image_mean", "image_std"):  # a scalar is used for every channel (image_transforms.normalize)
+        if type(c[key]) in (int, float):
+            c[key] = [c[key]] * 3
+
     def size(d):
         given = [d[k] for k in ("shortest_edge", "height", "width") if d.get(k) is not None] if isinstance(d, dict) else []
         return bool(given) and all(type(n) is int and n > 0 for n in given)
@@ -205,3 +257,4 @@ def check_image_config(c, path):
             ("resample", type(c["resample"]) is int and 0 <= c["resample"] <= 5, "a PIL filter number, 0-5 (3 = bicubic)")]:
         if not ok:
             raise ConfigError(f"{path}: {key} = {c[key]!r}, expected {expected}")
+    return c

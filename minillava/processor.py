@@ -1,4 +1,4 @@
-"""Prompts and images -> `input_ids`, `attention_mask`, `pixel_values`, exactly as transformers 5.23 makes them.
+"""Prompts and images -> `input_ids`, `attention_mask`, `pixel_values`, exactly as transformers 5 makes them.
 
 `Processor.from_pretrained(folder)` reads the processor files of a llava-hf checkpoint and
 `processor(text, images)` returns what `AutoProcessor.from_pretrained(folder)(text=..., images=...,
@@ -6,8 +6,8 @@ padding=True, return_tensors="pt")` returns (`LlavaProcessor` + `CLIPImageProces
 
 - text: every `<image>` becomes one `<image>` token per image feature (576 for 336 px / patch 14), as a
   string (models/llava/processing_llava.py, `LlavaProcessor.__call__`), then `tokenizer.json` runs verbatim:
-  on a llava folder AutoProcessor builds a plain `TokenizersBackend` (tokenization_utils_tokenizers.py), so the
-  `legacy` flag of tokenizer_config.json has no effect.
+  on a llava folder with its config.json AutoProcessor builds a plain `TokenizersBackend`
+  (tokenization_utils_tokenizers.py), so the `legacy` flag of tokenizer_config.json has no effect.
 - images: convert to RGB, bicubic resize of the shortest edge, center crop, rescale, normalize, with the
   "pil" (default) or "torch" backend of minillava/images.py.
 """
@@ -16,10 +16,11 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from .chat import format_conversation
 from .config import LlavaConfig, read_json
-from .errors import ConfigError, PromptError, TokenizerError
-from .images import BACKENDS, IMAGE_DEFAULTS, check_image_config, flat_list, load_image, pad_to_square, pixels_pil, pixels_torch
+from .errors import ConfigError, ImageError, PromptError, TokenizerError
+from .images import (BACKENDS, IMAGE_DEFAULTS, check_image_config, flat_list, load_image, pad_batch, pad_to_square,
+                     pixels_pil, pixels_torch)
+from .template import is_batch, render
 
 
 class Processor:
@@ -27,18 +28,20 @@ class Processor:
 
     def __init__(self, tokenizer, image_config, image_token="<image>", patch_size=14, num_additional_image_tokens=1,
                  vision_feature_select_strategy="default", special_tokens=None, padding_side="left",
-                 chat_template=None, backend="pil"):
+                 chat_template=None, backend="pil", pad_batch=False):
         if backend not in BACKENDS:
             raise ConfigError(f"backend {backend!r}, expected one of {BACKENDS}")
         self.tokenizer = tokenizer  # a tokenizers.Tokenizer, used verbatim
-        self.image_config = {**IMAGE_DEFAULTS, **image_config}  # preprocessor_config.json, HF key names
+        # preprocessor_config.json, HF key names; do_pad is LlavaImageProcessor's pad-to-square
+        self.image_config = check_image_config({**IMAGE_DEFAULTS, **image_config}, "image_config")
+        self.pad_batch = pad_batch  # CLIPImageProcessor's do_pad: pad differently sized images to the largest
         self.image_token, self.patch_size = image_token, patch_size
         self.num_additional_image_tokens = num_additional_image_tokens  # 1: the CLS token of CLIP
         self.vision_feature_select_strategy = vision_feature_select_strategy
         self.padding_side, self.chat_template, self.backend = padding_side, chat_template, backend
         special_tokens = special_tokens or {}
         self.bos_token, self.eos_token = special_tokens.get("bos_token"), special_tokens.get("eos_token")
-        self.pad_token = special_tokens.get("pad_token")
+        self.pad_token, self.unk_token = special_tokens.get("pad_token"), special_tokens.get("unk_token")
         self.image_token_id = tokenizer.token_to_id(image_token)
         self.bos_token_id, self.eos_token_id, self.pad_token_id = (
             None if t is None else tokenizer.token_to_id(t) for t in (self.bos_token, self.eos_token, self.pad_token))
@@ -48,12 +51,19 @@ class Processor:
 
     @classmethod
     def from_pretrained(cls, folder, config=None, backend="pil", do_pad=None):
-        """Read a llava-hf checkpoint folder. `config`: a LlavaConfig (else config.json is read when present,
-        to check the `<image>` id and to fill in what processor_config.json leaves out)."""
+        """Read a llava-hf checkpoint folder. `config`: a LlavaConfig (else the folder's config.json is read), to
+        check the `<image>` id and to fill in what processor_config.json leaves out."""
         folder = Path(folder)
         if not folder.is_dir():
             raise TokenizerError(f"{folder}: not a folder (expected a llava-hf checkpoint folder with tokenizer.json)")
-        if config is None and (folder / "config.json").is_file():
+        if config is None and not (folder / "config.json").is_file():
+            # transformers then builds the tokenizer from tokenizer_config.json's class (LlamaTokenizer rebuilds the
+            # pre-tokenizer: " <image> upper" -> [1, 29871, 32000, 7568] instead of tokenizer.json's [1, 259, 32000,
+            # 29871, 7568]), which is not how a llava checkpoint is tokenized
+            raise TokenizerError(f"{folder}: no config.json; without it transformers builds another tokenizer (a "
+                                 f"LlamaTokenizer rebuilt from tokenizer_config.json) whose ids differ: copy the "
+                                 f"checkpoint's config.json into the folder")
+        if config is None:
             config = LlavaConfig.from_json(folder / "config.json")
         proc = _read_json(folder / "processor_config.json") or {}
         # Image settings: preprocessor_config.json on the hub, processor_config.json["image_processor"] in 5.x saves
@@ -63,17 +73,14 @@ class Processor:
                               f"found (a llava-hf checkpoint has preprocessor_config.json)")
         source = folder / ("preprocessor_config.json" if (folder / "preprocessor_config.json").is_file() else
                            "processor_config.json")
-        check_image_config({**IMAGE_DEFAULTS, **image_config}, source)
+        image_config = check_image_config({**IMAGE_DEFAULTS, **image_config}, source)
+        batch_pad = False
         if not str(image_config.get("image_processor_type", "")).startswith("LlavaImageProcessor"):
-            image_config.pop("do_pad", None)  # CLIPImageProcessor's do_pad is a no-op batch pad, not expand2square
+            batch_pad = bool(image_config.pop("do_pad", False))  # CLIPImageProcessor's do_pad pads the batch
         if do_pad is not None:
             image_config["do_pad"] = do_pad
 
-        # processor_config.json is missing from older snapshots of the llava-hf repos: then the model config decides
-        missing = [k for k in ("patch_size", "vision_feature_select_strategy") if proc.get(k) is None]
-        if missing and config is None:
-            raise ConfigError(f"{folder}: processor_config.json does not give {', '.join(missing)} and there is no "
-                              f"config.json to take it from")
+        # processor_config.json is missing from older snapshots: then the model config decides
         patch_size = proc.get("patch_size") or config.vision_config.patch_size
         strategy = proc.get("vision_feature_select_strategy") or config.vision_feature_select_strategy
         # transformers would use 0 here and produce one token too few per image; CLIP always adds its CLS token
@@ -106,7 +113,7 @@ class Processor:
                    num_additional_image_tokens=extra, vision_feature_select_strategy=strategy, special_tokens=special,
                    # left when unset (transformers would pad right): generation needs the prompts' ends aligned
                    padding_side=tok_config.get("padding_side", "left"),
-                   chat_template=_read_chat_template(folder, tok_config), backend=backend)
+                   chat_template=_read_chat_template(folder, tok_config), backend=backend, pad_batch=batch_pad)
 
     # ---- text -------------------------------------------------------------------------------------------
 
@@ -119,6 +126,8 @@ class Processor:
         """text: a prompt or a list of prompts, each `<image>` marking where an image goes. images: one image or a
         list (PIL.Image, (H, W, 3) uint8 array or a path), consumed in text order across the batch.
         Returns {"input_ids": (B, T) long, "attention_mask": (B, T) long, "pixel_values": (N, 3, H, W) float32}."""
+        if text is None and images is None:  # as LlavaProcessor
+            raise PromptError("You need to provide at least one input to call the processor: text, images or both")
         texts = [text] if isinstance(text, str) else text
         images = [] if images is None else flat_list(images)
         out = {}
@@ -161,11 +170,20 @@ class Processor:
     def batch_decode(self, batch, skip_special_tokens=False):
         return [self.decode(ids, skip_special_tokens) for ids in batch]
 
-    def apply_chat_template(self, conversation, add_generation_prompt=False):
-        """The llava-1.5 chat template rendered in plain Python by minillava.chat (no jinja at runtime); equal to
-        transformers' rendering of llava-hf's chat_template.json (tests/test_chat.py). `self.chat_template` keeps
-        the folder's template text for reference."""
-        return format_conversation(conversation, add_generation_prompt=add_generation_prompt, style="llava")
+    def apply_chat_template(self, conversation, add_generation_prompt=False, chat_template=None, **kwargs):
+        """The folder's chat template (or `chat_template`, a template text) rendered as transformers'
+        apply_chat_template renders it (minillava/template.py). A list of conversations gives a list of prompts.
+        minillava.chat.format_conversation is the same llava-1.5 format in plain Python, to read."""
+        template = chat_template or self.chat_template
+        if not isinstance(template, str):
+            raise PromptError("this processor has no chat template (no chat_template.jinja, chat_template.json or "
+                              "'chat_template' in tokenizer_config.json): pass chat_template=, e.g. "
+                              "minillava.chat.LLAVA_CHAT_TEMPLATE for llava-1.5's format, or write the prompt yourself")
+        special = {"bos_token": self.bos_token, "eos_token": self.eos_token, "unk_token": self.unk_token,
+                   "pad_token": self.pad_token}
+        if is_batch(conversation):
+            return [render(template, c, add_generation_prompt, special, **kwargs) for c in conversation]
+        return render(template, conversation, add_generation_prompt, special, **kwargs)
 
     # ---- images -----------------------------------------------------------------------------------------
 
@@ -177,10 +195,17 @@ class Processor:
         c = self.image_config
         pixels = []
         for i, image in enumerate(flat_list(images)):
-            x = load_image(image, i, composite="numpy" if backend == "pil" else "torch")  # (H, W, 3) uint8
+            # (H, W, 3) uint8
+            x = load_image(image, i, composite="numpy" if backend == "pil" else "torch", convert_rgb=c["do_convert_rgb"])
             if c["do_pad"]:  # original LLaVA's expand2square, background = the mean colour
                 x = pad_to_square(x, tuple(int(m * 255) for m in c["image_mean"]))
             pixels.append(pixels_pil(x, c) if backend == "pil" else pixels_torch(x, c))
+        if self.pad_batch:
+            return pad_batch(pixels, c.get("pad_size"))
+        if len({tuple(x.shape) for x in pixels}) > 1:
+            raise ImageError(f"the images come out in different sizes ({', '.join(str(tuple(x.shape[1:])) for x in pixels)}) "
+                             f"and cannot form one batch: preprocessor_config.json has do_center_crop false and no "
+                             f"do_pad (transformers fails too); give images of one shape, or set do_center_crop: true")
         return torch.stack(pixels)
 
 # ---- files -----------------------------------------------------------------------------------------------

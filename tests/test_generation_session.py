@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 import minillava
 from minillava import ChatSession
-from minillava.chat import user_message
+from minillava.chat import system_message, user_message
 from minillava.generation import generate
 from tests.helpers import checkpoints as C
 
@@ -56,7 +56,7 @@ def test_multi_turn_session_equals_rerunning_from_scratch(loaded, photos):
             assert session.reused_tokens >= previous_prompt
         previous_prompt = inputs["input_ids"].shape[1]
     session.reset()
-    assert session.messages == [{"role": "system", "content": "Be brief."}] and session.cache is None
+    assert session.messages == [system_message("Be brief.")] and session.cache is None
 
 
 def run_cli(*args, stdin=None):

@@ -59,7 +59,7 @@ def test_corrupt_processor_json_files(proc, name, content):
 
 @pytest.mark.parametrize("file,key,value", [
     ("preprocessor_config.json", "size", "big"), ("preprocessor_config.json", "size", {"shortest_edge": 0}),
-    ("preprocessor_config.json", "crop_size", {"height": 336}), ("preprocessor_config.json", "crop_size", 336),
+    ("preprocessor_config.json", "crop_size", {"height": 336}), ("preprocessor_config.json", "crop_size", "336"),
     ("preprocessor_config.json", "image_std", [0.2, 0, 0.2]), ("preprocessor_config.json", "image_mean", [0.5]),
     ("preprocessor_config.json", "rescale_factor", "1/255"), ("preprocessor_config.json", "resample", 9),
     ("processor_config.json", "patch_size", "14"), ("processor_config.json", "num_additional_image_tokens", -1),

@@ -1,0 +1,121 @@
+"""A checkpoint's own chat template, rendered as transformers renders it.
+
+A llava-hf folder carries its prompt format as a Jinja template (`chat_template.jinja`,
+`chat_template.json` or `tokenizer_config.json`). A fine-tune with another format or a custom system
+prompt ships another template, so the template in the folder is the one to render, exactly as
+transformers' `ProcessorMixin.apply_chat_template` does (transformers/processing_utils.py and
+transformers/utils/chat_template_utils.py, `_cached_compile_jinja_template` and `render_jinja_template`):
+
+- a sandboxed, immutable Jinja environment (templates come from the internet), `trim_blocks` and
+  `lstrip_blocks` on, the `loopcontrols` extension ({% break %}, {% continue %});
+- the `{% generation %}...{% endgeneration %}` tag, which marks assistant text for training masks and
+  renders its body unchanged;
+- the helpers templates call: `raise_exception(message)`, `strftime_now(format)`, and a `tojson` filter
+  that keeps non-ASCII characters and does not escape HTML;
+- the variables: `messages`, `add_generation_prompt`, `tools` and `documents` (None), and the special
+  tokens (`bos_token`, `eos_token`, `unk_token`, `pad_token`);
+- messages copied as plain JSON data (keys whose value is None dropped; anything else, such as a PIL
+  image inside a content item, replaced by a placeholder string naming its type), and OpenAI-style
+  `{"type": "image_url"}` items turned into `{"type": "image"}`.
+
+`minillava/chat.py` spells the llava-1.5 template out in plain Python, as the readable version; the tests
+check that both render the same prompts.
+"""
+import dataclasses
+import json
+from datetime import datetime
+from functools import lru_cache
+
+import jinja2
+import numpy as np
+from jinja2.ext import Extension, loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .errors import PromptError
+
+
+class GenerationTag(Extension):
+    """{% generation %}body{% endgeneration %} renders `body` (transformers uses it to find assistant text)."""
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(["name:endgeneration"], drop_needle=True)
+        return jinja2.nodes.CallBlock(self.call_method("_render"), [], [], body).set_lineno(lineno)
+
+    def _render(self, caller):
+        return caller()
+
+
+def _raise_exception(message):
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+@lru_cache
+def compile_template(source):
+    """The template text -> a compiled jinja2 Template (cached: a chat renders the same template every turn)."""
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTag, loopcontrols])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = lambda format: datetime.now().strftime(format)
+    try:
+        return env.from_string(source)
+    except jinja2.exceptions.TemplateSyntaxError as e:
+        raise PromptError(f"the chat template does not parse (line {e.lineno}: {e.message})") from None
+
+
+def is_batch(conversation):
+    """A list of conversations (each a list of messages), as transformers tells them apart."""
+    return isinstance(conversation, (list, tuple)) and len(conversation) > 0 and isinstance(conversation[0], (list, tuple))
+
+
+def render(template, conversation, add_generation_prompt=False, special_tokens=None, **kwargs):
+    """One conversation (a list of {"role", "content"} messages) -> the prompt string `template` renders."""
+    if not isinstance(conversation, (list, tuple)) or not all(isinstance(m, dict) for m in conversation):
+        raise PromptError(f"a conversation must be a list of message dicts, got {conversation!r:.80}")
+    messages = [_plain({k: v for k, v in m.items() if v is not None}) for m in conversation]
+    for m in messages:
+        if isinstance(m.get("content"), list):
+            m["content"] = [{"type": "image", "url": c["image_url"].get("url", "") if isinstance(c["image_url"], dict)
+                             else c["image_url"]} if isinstance(c, dict) and c.get("type") == "image_url" and
+                            "image_url" in c else c for c in m["content"]]
+    variables = {**{k: v for k, v in (special_tokens or {}).items() if v is not None}, **_plain(kwargs)}
+    try:
+        prompt = compile_template(template).render(messages=messages, tools=None, documents=None,
+                                                   add_generation_prompt=add_generation_prompt, **variables)
+    except jinja2.exceptions.TemplateError as e:  # raise_exception(), or a template that breaks on this input
+        raise PromptError(f"the chat template refused the conversation: {e}") from None
+    for i, m in enumerate(messages):  # a template that reads content as a list drops a plain string silently
+        content = m.get("content")
+        if isinstance(content, str) and content.strip() and content.strip() not in prompt:
+            raise PromptError(f"message {i}: its text {content.strip()!r:.60} is not in the prompt the chat template "
+                              f"rendered; this template reads content as a list: write it as "
+                              f"[{{'type': 'text', 'text': ...}}]")
+    return prompt
+
+
+def _plain(value):
+    """Plain JSON data for the sandbox (transformers' _plain_template_data): other objects become '<TypeName>'."""
+    if value is None or type(value) in (str, int, float, bool):
+        return value
+    if isinstance(value, str):  # subclasses (enums, numpy scalars) carry methods the sandbox does not know
+        return str.__str__(value)
+    if isinstance(value, int):
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, np.generic):  # np.bool_(False) must not become a truthy placeholder
+        return _plain(value.item())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return f"<{type(value).__name__}>"
