@@ -169,10 +169,12 @@ def load_weights(model, folder, device="cpu", dtype=torch.float32, progress=Fals
 
 
 def _progress_bar(done, total, width=30):
+    """On a terminal only (not into a log file), redrawn in place and erased when done."""
+    if not sys.stderr.isatty():
+        return
     n = width * done // total
-    sys.stderr.write(f"\rloading weights [{'#' * n}{'.' * (width - n)}] {done}/{total} tensors")
-    if done == total:
-        sys.stderr.write("\n")
+    line = f"loading weights [{'#' * n}{'.' * (width - n)}] {done}/{total} tensors"
+    sys.stderr.write("\r" + (line if done < total else " " * len(line) + "\r"))
     sys.stderr.flush()
 
 

@@ -96,7 +96,9 @@ def generate_tokens(model, input_ids, pixel_values=None, attention_mask=None, ma
     limit = cfg.text_config.max_position_embeddings
     if past + T + max_new_tokens > limit:
         raise PromptError(f"prompt of {past + T} tokens + max_new_tokens {max_new_tokens} = {past + T + max_new_tokens} "
-                          f"exceeds the context length {limit} (text_config.max_position_embeddings)")
+                          f"exceeds the context length {limit} (text_config.max_position_embeddings): "
+                          + (f"max_new_tokens {limit - past - T} is the most that fits" if past + T < limit else
+                             "the prompt alone fills it"))
     eos = cfg.text_config.eos_token_id if eos_token_id is None else eos_token_id
     eos = [] if eos is None else [eos] if isinstance(eos, int) else eos  # None: no end-of-sequence token
     if not isinstance(eos, (list, tuple)) or not all(isinstance(i, int) for i in eos):
@@ -230,9 +232,13 @@ class ChatSession:
     def _make_room(self, needed):
         limit = self.model.config.text_config.max_position_embeddings
         if needed > limit:
-            raise PromptError(f"the conversation is {needed - self.settings['max_new_tokens']} tokens; with "
-                              f"max_new_tokens {self.settings['max_new_tokens']} it exceeds the context length {limit} "
-                              f"(text_config.max_position_embeddings): reset() the session")
+            used = needed - self.settings["max_new_tokens"]
+            history = any(m["role"] == "assistant" for m in self.messages)
+            fixes = ([f"max_new_tokens {limit - used} is the most that fits"] if used < limit else []) + (
+                ["reset() the session"] if history else [])
+            raise PromptError(f"the conversation is {used} tokens; with max_new_tokens {self.settings['max_new_tokens']} "
+                              f"it exceeds the context length {limit} (text_config.max_position_embeddings): "
+                              + (" or ".join(fixes) or "shorten the prompt"))
         if self.cache is None:
             self.cache = self.model.new_cache(1, min(limit, max(needed, 1024)))
         elif self.cache.max_len < needed:  # grow geometrically, so a long chat reallocates rarely

@@ -30,7 +30,8 @@ def load_model(path, device="cpu", dtype=None, progress=False):
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: " + ("expected a checkpoint folder (config.json, *.safetensors, tokenizer "
-                                             "files), got a file" if path.exists() else "no such checkpoint folder"))
+                                             "files), got a file" if path.exists() else "no such checkpoint folder" +
+                                             _hub_hint(path)))
     config = LlavaConfig.from_json(path)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device, config.dtype)
@@ -43,6 +44,14 @@ def load_model(path, device="cpu", dtype=None, progress=False):
         raise ConfigError(f"{path / 'config.json'}: no model of these sizes can be built ({e})") from None
     load_weights(model, path, device=device, dtype=dtype, progress=progress, tensors=tensors)
     return model.eval()
+
+
+def _hub_hint(path):
+    """For 'llava-hf/llava-1.5-7b-hf' (an organisation and a repository name, neither a folder here): how to get it."""
+    if len(path.parts) != 2 or path.is_absolute() or Path(path.parts[0]).exists():
+        return ""
+    return (f"; names are not downloaded: minillava reads local folders (download it first: hf download {path.as_posix()} "
+            f"--local-dir {path.parts[1]}, see weights.md)")
 
 
 def resolve_device(device):
