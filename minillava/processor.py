@@ -18,8 +18,17 @@ from tokenizers import Tokenizer
 
 from .config import LlavaConfig, read_json
 from .errors import ConfigError, ImageError, PromptError, TokenizerError
-from .images import (BACKENDS, IMAGE_DEFAULTS, check_image_config, flat_list, load_image, pad_batch, pad_to_square,
-                     pixels_pil, pixels_torch)
+from .images import (
+    BACKENDS,
+    IMAGE_DEFAULTS,
+    check_image_config,
+    flat_list,
+    load_image,
+    pad_batch,
+    pad_to_square,
+    pixels_pil,
+    pixels_torch,
+)
 from .template import is_batch, render
 
 

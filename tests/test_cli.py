@@ -111,7 +111,7 @@ def test_chat_ctrl_d_and_ctrl_c():
     class CtrlC(io.StringIO):
         def readline(self):
             raise KeyboardInterrupt
-    out, real = io.StringIO(), sys.stderr
+    out = io.StringIO()
     assert cli.main(["chat"], stdin=CtrlC(), stdout=out) == 130
     assert out.getvalue().endswith("USER: \n")
 

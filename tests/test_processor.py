@@ -15,7 +15,7 @@ from PIL import Image
 from transformers import AutoProcessor
 
 from minillava.config import LlavaConfig
-from minillava.errors import ConfigError, ImageError, PromptError, TokenizerError
+from minillava.errors import ImageError, PromptError, TokenizerError
 from minillava.processor import Processor
 from tests.helpers.mistakes import photo as small_photo
 from tests.helpers.mistakes import raises
