@@ -2,11 +2,12 @@
 
 The blocks of a document run in order in a scratch folder holding tiny stand-ins under the names the document
 uses: `llava-1.5-7b-hf` (and the 13b and bakLlava names) is a tiny random llava-hf checkpoint, `photo.jpg` and
-`photo2.jpg` photos, `minillava/` the package (for `minillava/demo/example.png`). Python blocks are executed.
-Blocks marked `text` show output and are not run. Shell blocks run command by command: `minillava ...` through minillava.cli.main; `hf download` and `git clone`
-copy the stand-in of the repository they name (the original release's stand-in is the same tiny model in
-liuhaotian's layout), so a recipe naming a wrong repository, file or folder fails; the few commands that install
-or start other programs are in NOT_RUN, with what runs them instead. Without a GPU, `cuda` becomes `cpu`.
+`photo2.jpg` photos, `minillava/` the package (for `minillava/demo/example.png`). Python blocks are executed;
+blocks marked `text` show output and are not run. Shell blocks run command by command: `minillava ...` through
+minillava.cli.main; `hf download` and `git clone` copy the stand-in of the repository they name (the original
+release's stand-in is the same tiny model in liuhaotian's layout), so a recipe naming a wrong repository, file or
+folder fails; the few commands that install or start other programs are in NOT_RUN, with what runs them
+instead. Without a GPU, `cuda` becomes `cpu`.
 """
 import contextlib
 import fnmatch
