@@ -19,6 +19,7 @@ minillava agree with transformers on it?
 """
 import importlib.util
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -229,6 +230,10 @@ def check_processor(config, processor, folder):
 
 def main(args, out):
     """Run `minillava verify` from parsed arguments; returns the exit status (0 verified, 1 a difference)."""
+    if not args.no_reference and not sys.stderr.isatty() and importlib.util.find_spec("transformers"):
+        from transformers.utils import logging  # its loading bar, like minillava's: on a terminal only
+
+        logging.disable_progress_bar()
     report = verify(args.folder, device=args.device, dtype=args.dtype, reference=not args.no_reference)
     out.write(str(report) + "\n")
     return report.exit_status

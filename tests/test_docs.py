@@ -91,9 +91,9 @@ def run_command(argv, hub):
         shutil.copytree(hub[repo], Path(argv[-1] if len(argv) > 3 else repo.split("/")[1]), dirs_exist_ok=True)
         return
     assert argv[0] == "minillava", f"a command the documentation test does not know: {argv}"
-    if argv[1] == "compare" and not Path(argv[3]).exists():  # the reader's engine's dump: here ours, with its
-        stages = load_file(argv[2])                           # logits also under another name, their.logits
-        save_file({**stages, "their.logits": stages["logits"]}, argv[3])
+    if argv[1] == "compare":  # the reader's engine's dump: here ours, under the names its --map gives
+        renames = {ours: theirs for theirs, ours in (argv[i + 1].split("=") for i in range(len(argv)) if argv[i] == "--map")}
+        save_file({renames.get(k, k): v for k, v in load_file(argv[2]).items()}, argv[3])
     if not torch.cuda.is_available():
         argv = ["cpu" if a == "cuda" else a for a in argv]
     out, err = io.StringIO(), io.StringIO()
