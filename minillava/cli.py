@@ -137,7 +137,7 @@ def build_parser():
     cmp.add_argument("--map", action="append", default=[], metavar="OTHER_NAME=OUR_NAME",
                      help="OTHER's name for one of our stages; repeat for several (default: the same names)")
     cmp.add_argument("--stage", action="append", default=[], metavar="NAME",
-                     help="compare only this stage; repeat for several (default: every stage both hold)")
+                     help="compare only this stage; repeat for several (default: every stage of REF)")
     ver = command("verify", [], "check a checkpoint folder, answer a built-in question, compare with transformers "
                                 "when installed")
     ver.add_argument("folder", help="the llava-hf checkpoint folder to check")
