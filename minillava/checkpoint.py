@@ -132,7 +132,8 @@ def check_names(expected, stored, source):
 
 def load_weights(model, folder, device="cpu", dtype=torch.float32, progress=False, tensors=None):
     """Fill the parameters of `model` (built on the meta device) from the checkpoint in `folder`
-    (`tensors`: what open_checkpoint(folder) returned, when the caller opened the files already)."""
+    (`tensors`: what open_checkpoint(folder) returned, when the caller opened the files already).
+    dtype: one dtype for every tensor, or {parameter name: dtype} (loading.weight_dtypes)."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
     tied = getattr(model.config, "tie_word_embeddings", False)
     where = dict(open_checkpoint(folder) if tensors is None else tensors)
@@ -155,7 +156,7 @@ def load_weights(model, folder, device="cpu", dtype=torch.float32, progress=Fals
             t = f.get_tensor(key)
         except (SafetensorError, OSError, RuntimeError, ValueError, TypeError) as e:
             raise CheckpointError(f"{path}: cannot read tensor {key!r}: {e}") from None
-        state[name] = t.to(device=device, dtype=dtype)  # no copy when both already match
+        state[name] = t.to(device=device, dtype=dtype[name] if isinstance(dtype, dict) else dtype)  # no copy when both match
         if progress:
             _progress_bar(i + 1, len(expected))
     if tied:

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import VisionConfig
-from .layers import Embedding
+from .layers import Embedding, Linear
 
 
 def quick_gelu(x):
@@ -32,7 +32,7 @@ class CLIPVisionEmbeddings(nn.Module):
         x = x.flatten(2).transpose(1, 2)  # (B, n_patches, D), patches in row-major order
         cls = self.class_embedding.expand(B, 1, -1)
         x = torch.cat([cls, x], dim=1)  # (B, 1 + n_patches, D)
-        return x + self.position_embedding.weight
+        return x + self.position_embedding(torch.arange(x.shape[1], device=x.device))  # (B, 1 + n_patches, D)
 
 
 class CLIPAttention(nn.Module):
@@ -40,10 +40,10 @@ class CLIPAttention(nn.Module):
         super().__init__()
         D = cfg.hidden_size
         self.n_heads, self.head_dim = cfg.num_attention_heads, D // cfg.num_attention_heads
-        self.q_proj = nn.Linear(D, D)
-        self.k_proj = nn.Linear(D, D)
-        self.v_proj = nn.Linear(D, D)
-        self.out_proj = nn.Linear(D, D)
+        self.q_proj = Linear(D, D)
+        self.k_proj = Linear(D, D)
+        self.v_proj = Linear(D, D)
+        self.out_proj = Linear(D, D)
 
     def forward(self, x):  # (B, N, D)
         B, N, D = x.shape
@@ -56,8 +56,8 @@ class CLIPAttention(nn.Module):
 class CLIPMLP(nn.Module):
     def __init__(self, cfg: VisionConfig):
         super().__init__()
-        self.fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
-        self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+        self.fc1 = Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.fc2 = Linear(cfg.intermediate_size, cfg.hidden_size)
         self.act = quick_gelu if cfg.hidden_act == "quick_gelu" else F.gelu
 
     def forward(self, x):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .config import TextConfig
 from .errors import GenerationError
-from .layers import Embedding
+from .layers import Embedding, Linear
 
 
 class RMSNorm(nn.Module):
@@ -91,10 +91,10 @@ class LlamaAttention(nn.Module):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         D, b = cfg.hidden_size, cfg.attention_bias
-        self.q_proj = nn.Linear(D, self.n_heads * self.head_dim, bias=b)
-        self.k_proj = nn.Linear(D, self.n_kv_heads * self.head_dim, bias=b)
-        self.v_proj = nn.Linear(D, self.n_kv_heads * self.head_dim, bias=b)
-        self.o_proj = nn.Linear(self.n_heads * self.head_dim, D, bias=b)
+        self.q_proj = Linear(D, self.n_heads * self.head_dim, bias=b)
+        self.k_proj = Linear(D, self.n_kv_heads * self.head_dim, bias=b)
+        self.v_proj = Linear(D, self.n_kv_heads * self.head_dim, bias=b)
+        self.o_proj = Linear(self.n_heads * self.head_dim, D, bias=b)
         self.layer_idx = layer_idx
 
     def forward(self, x, cos, sin, mask, cache):  # x: (B, T, D)
@@ -126,9 +126,9 @@ class LlamaMLP(nn.Module):
     def __init__(self, cfg: TextConfig):
         super().__init__()
         D, hidden, b = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
-        self.gate_proj = nn.Linear(D, hidden, bias=b)
-        self.up_proj = nn.Linear(D, hidden, bias=b)
-        self.down_proj = nn.Linear(hidden, D, bias=b)
+        self.gate_proj = Linear(D, hidden, bias=b)
+        self.up_proj = Linear(D, hidden, bias=b)
+        self.down_proj = Linear(hidden, D, bias=b)
         self.act = ACTIVATIONS[cfg.hidden_act]
 
     def forward(self, x):
@@ -209,10 +209,10 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.config = cfg
         self.model = LlamaModel(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 
     def new_cache(self, batch_size, max_len, device=None, dtype=None):
-        cfg, w = self.config, self.lm_head.weight
+        cfg, w = self.config, self.model.norm.weight  # the compute dtype: large weights may be stored narrower
         return KVCache(cfg.num_hidden_layers, (batch_size, cfg.num_key_value_heads, max_len, cfg.head_dim),
                        device or w.device, dtype or w.dtype)
 

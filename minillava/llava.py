@@ -32,7 +32,8 @@ class Llava(nn.Module):
 
     @property
     def dtype(self):
-        return self.language_model.lm_head.weight.dtype
+        """The dtype the model computes in (its large weights may be stored narrower: layers.py)."""
+        return self.language_model.model.norm.weight.dtype
 
     # --- the stages, each callable on its own (notebooks and the `logits` command show them) ---
 

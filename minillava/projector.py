@@ -8,6 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import LlavaConfig
+from .layers import Linear
 
 
 class LlavaMultiModalProjector(nn.Module):
@@ -16,8 +17,8 @@ class LlavaMultiModalProjector(nn.Module):
         # a list of feature layers is concatenated along the channel axis before projecting
         d_in = cfg.vision_config.hidden_size * len(cfg.feature_layers)
         d_out = cfg.text_config.hidden_size
-        self.linear_1 = nn.Linear(d_in, d_out, bias=cfg.multimodal_projector_bias)
-        self.linear_2 = nn.Linear(d_out, d_out, bias=cfg.multimodal_projector_bias)
+        self.linear_1 = Linear(d_in, d_out, bias=cfg.multimodal_projector_bias)
+        self.linear_2 = Linear(d_out, d_out, bias=cfg.multimodal_projector_bias)
 
     def forward(self, features):  # (n_images, n_tokens, d_in)
         # exact erf GELU here (transformers' ACT2FN["gelu"]), unlike the tower's quick_gelu
