@@ -3,6 +3,7 @@
     python benchmarks/bench.py --size small            # CPU, fp32: CLIP-L/336 tower + a 271M decoder
     python benchmarks/bench.py --size 7b --device cuda  # the llava-1.5-7b shape, bf16, random weights
     python benchmarks/bench.py --size tiny --repeats 1 # seconds: the smoke form the test suite runs
+    python benchmarks/bench.py --size 7b-slice --layers 4  # the real 7b config, 4 layers: modes and memory (slice7b.py)
 
 Runs alternate (minillava, transformers, minillava, ...) so drift in machine load hits both.
 Measured: load time and peak resident memory during load (each load in a fresh process), time to
@@ -136,16 +137,23 @@ def decode_bytes_per_token(folder, dtype):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--size", default="small", choices=list(SIZES))
+    ap.add_argument("--size", default="small", choices=list(SIZES) + ["7b-slice"])
+    ap.add_argument("--layers", type=int, default=4, help="7b-slice: decoder layers kept of the 32")
+    ap.add_argument("--threads", type=int, default=None, help="7b-slice: torch threads in each run (default torch's)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=None, help="default 5 (7b-slice: 2)")
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--ckpt", default=None, help="checkpoint folder (built if missing)")
     ap.add_argument("--out", default=None, help="JSON output (default: results-small.json etc. beside this script)")
     ap.add_argument("--plot", default=None, help="PNG output (default next to the JSON)")
     ap.add_argument("--child", nargs=2, metavar=("IMPL", "FOLDER"), help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.size == "7b-slice":  # its own protocol: one fresh process per configuration (benchmarks/slice7b.py)
+        sys.path.insert(0, str(Path(__file__).parent))
+        from slice7b import main as slice_main
+        return slice_main(a.layers, a.repeats or 2, a.ckpt, a.out, a.threads)
+    a.repeats = a.repeats or 5
     dtype = a.dtype or SIZES[a.size]["dtype"]
     if a.child:
         return child_load(a.child[0], a.child[1], a.device, dtype)

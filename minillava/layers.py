@@ -26,7 +26,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-BLOCK_BYTES = 2 * 2**20  # one block of float32 rows: the size of a core's L2 cache on current x86 CPUs
+BLOCK_BYTES = 4 * 2**20  # one block of float32 rows: about the L2 caches of two cores (fewer, larger blocks
+# cost fewer thread synchronisations per matrix; a block much larger than the caches spills to memory)
+ROWS = 64  # blocks are whole multiples of 64 rows: MKL's kernels for a ragged remainder (47 rows, say) sum in
+# another order, and the result would no longer be bit-identical to one F.linear over the whole matrix
 _buffers = threading.local()  # one buffer per thread and device: two threads never share a block
 
 
@@ -46,7 +49,7 @@ def linear_widened(x, weight, bias=None):
     N, K = weight.shape
     x2 = x.reshape(-1, K)  # F.linear folds the leading dimensions the same way
     y = x2.new_empty(x2.shape[0], N)
-    rows = N if x.device.type != "cpu" else max(1, min(N, BLOCK_BYTES // (K * x.element_size())))
+    rows = N if x.device.type != "cpu" else min(N, ROWS * max(1, round(BLOCK_BYTES / (K * x.element_size() * ROWS))))
     buf = _buffer(rows * K, x.device, x.dtype)
     for start in range(0, N, rows):
         n = min(rows, N - start)

@@ -123,3 +123,28 @@ def reference(folder, dtype=torch.float32, attn="sdpa"):
     """The reference: transformers' LlavaForConditionalGeneration loaded from the same folder."""
     from transformers import LlavaForConditionalGeneration
     return LlavaForConditionalGeneration.from_pretrained(folder, dtype=dtype, attn_implementation=attn).eval()
+
+
+def sparse_checkpoint(folder, config, dtype="F16"):
+    """A full-size checkpoint folder whose model.safetensors is a sparse file: a real header naming every tensor
+    of the model `config` (a config.json dict) describes, and no data written (the file reads as zeros, and costs
+    no disk). For checks that must happen before any weight is read (the memory check) at real sizes."""
+    import struct
+
+    from minillava import Llava, LlavaConfig
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    with torch.device("meta"):
+        model = Llava(LlavaConfig.from_dict(config))
+    header, offset, size = {}, 0, {"F16": 2, "BF16": 2, "F32": 4}[dtype]
+    for name, p in model.state_dict().items():
+        n = p.numel() * size
+        header[name] = {"dtype": dtype, "shape": list(p.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(folder / "model.safetensors", "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        f.truncate(8 + len(text) + offset)
+    return folder

@@ -1,0 +1,75 @@
+"""layers.py: a weight kept in float16/bfloat16 and widened block by block gives exactly F.linear on the float32
+weight; a float32 weight is plain F.linear, with autograd (the demo trains through it)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minillava import layers
+from minillava.layers import Embedding, Linear, linear_widened
+
+HALF = [torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("rows", [64, 192, 10**6])  # several blocks with a ragged last one; one block
+def test_widened_is_bit_identical_to_float32(monkeypatch, dtype, rows):
+    g = torch.Generator().manual_seed(0)
+    N, K = 1000, 96  # 1000 = 15 x 64 + 40: the last block is ragged
+    monkeypatch.setattr(layers, "BLOCK_BYTES", rows * K * 4)
+    w = (torch.randn(N, K, generator=g) / K ** 0.5).to(dtype)
+    b = torch.randn(N, generator=g)
+    for shape in [(1, 1, K), (2, 37, K), (5, K)]:  # a decode step, a prompt batch, a 2-D input
+        x = torch.randn(*shape, generator=g)
+        for bias in (None, b):
+            want = F.linear(x, w.float(), bias)
+            got = linear_widened(x, w, bias)
+            assert got.shape == want.shape and got.dtype == torch.float32
+            assert torch.equal(got, want), (shape, bias is not None)
+
+
+def test_blocks_are_whole_multiples_of_64_rows(monkeypatch):
+    """A ragged block size (47 rows) makes MKL sum in another order: blocks are rounded to 64 rows."""
+    seen = []
+    real_mm = torch.mm
+
+    def mm(a, b, out=None):
+        seen.append(b.shape[1])
+        return real_mm(a, b, out=out)
+    monkeypatch.setattr(torch, "mm", mm)
+    monkeypatch.setattr(layers, "BLOCK_BYTES", 47 * 11008 * 4)
+    linear_widened(torch.randn(1, 11008), torch.randn(300, 11008).half())
+    assert seen == [64] * 4 + [44]
+
+
+def test_float32_weight_is_plain_linear_with_autograd():
+    torch.manual_seed(0)
+    ours, ref = Linear(8, 5), torch.nn.Linear(8, 5)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 8)
+    ours(x).square().sum().backward()
+    ref(x).square().sum().backward()
+    assert torch.equal(ours.weight.grad, ref.weight.grad) and torch.equal(ours.bias.grad, ref.bias.grad)
+
+
+def test_stored_weight_still_gives_input_gradients():
+    lin = Linear(8, 5)
+    lin.weight = torch.nn.Parameter(lin.weight.detach().half(), requires_grad=False)
+    x = torch.randn(3, 8, requires_grad=True)
+    lin(x).sum().backward()
+    assert torch.equal(x.grad, lin.weight.float().sum(0).expand(3, 8))
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_embedding_rows_in_the_compute_dtype(dtype):
+    emb = Embedding(10, 4)
+    table = emb.weight.detach().clone()
+    emb.weight = torch.nn.Parameter(table.to(dtype), requires_grad=False)
+    ids = torch.tensor([[3, 1, 3]])
+    assert emb(ids).dtype == dtype  # no compute dtype set: the table's
+    emb.compute_dtype = torch.float32
+    assert torch.equal(emb(ids), table.to(dtype).float()[ids])
+
+
+def test_no_random_init_on_meta():
+    with torch.device("meta"):
+        assert Embedding(32064, 4096).weight.is_meta
