@@ -72,7 +72,7 @@ class Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFo
 
 
 def model_options():
-    """--model, --device, --dtype: taken by every command that loads a checkpoint."""
+    """--model, --device, --dtype, --weights: taken by every command that loads a checkpoint."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("model")
     g.add_argument("--model", metavar="FOLDER", help="a llava-hf checkpoint folder, downloaded as weights.md says "
@@ -80,6 +80,8 @@ def model_options():
     g.add_argument("--device", default="cpu", help="where to run: cpu, cuda, cuda:1, mps")
     g.add_argument("--dtype", help="float32, float16 or bfloat16 (default: float32 on cpu, the checkpoint's own "
                                    "dtype on a GPU)")
+    g.add_argument("--weights", default="stored", choices=["stored", "materialized"], help="stored (default): float16/"
+                   "bfloat16 weights kept as in the file under float32 (exact, half the memory); materialized: converted")
     return p
 
 
@@ -144,6 +146,7 @@ def build_parser():
     ver.add_argument("--device", help="cpu, cuda, ... (default: cuda when available, else cpu)")
     ver.add_argument("--dtype", help="float32, float16 or bfloat16 (default: the checkpoint's dtype on a GPU, "
                                      "float32 on cpu)")
+    ver.add_argument("--weights", default="stored", choices=["stored", "materialized"], help="as for ask")
     ver.add_argument("--no-reference", action="store_true", help="do not compare with transformers (default: compare "
                                                                  "when it is installed)")
     return p
@@ -151,7 +154,7 @@ def build_parser():
 
 def load(args):
     from .loading import load as load_checkpoint
-    return load_checkpoint(args.model, device=args.device, dtype=args.dtype, progress=True)
+    return load_checkpoint(args.model, device=args.device, dtype=args.dtype, weights=args.weights, progress=True)
 
 
 def session(args):

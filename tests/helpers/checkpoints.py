@@ -75,6 +75,8 @@ def build(folder, name="mha", layout="hub", shards=1, seed=0, dtype=torch.float3
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cfg_dict = hub_config(name, **overrides)
+    if "torch_dtype" not in overrides:  # as save_pretrained writes it: the dtype the weights are saved in
+        cfg_dict["torch_dtype"] = str(dtype).removeprefix("torch.")
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(LlavaConfig(**{k: v for k, v in cfg_dict.items() if k != "model_type"}))
     randomize_(model, seed)
