@@ -127,10 +127,11 @@ def reference(folder, dtype=torch.float32, attn="sdpa"):
     return LlavaForConditionalGeneration.from_pretrained(folder, dtype=dtype, attn_implementation=attn).eval()
 
 
-def sparse_checkpoint(folder, config, dtype="F16"):
-    """A full-size checkpoint folder whose model.safetensors is a sparse file: a real header naming every tensor
-    of the model `config` (a config.json dict) describes, and no data written (the file reads as zeros, and costs
-    no disk). For checks that must happen before any weight is read (the memory check) at real sizes."""
+def sparse_checkpoint(folder, config, dtype="F16", shard_bytes=5 * 10**9):
+    """A full-size checkpoint folder whose safetensors files are sparse: real headers naming every tensor of the
+    model `config` (a config.json dict) describes, in shards of at most shard_bytes as on the hub, and no data
+    written (the files read as zeros and cost no disk). For what must happen before any weight is read (the
+    memory check) at real sizes."""
     import struct
 
     from minillava import Llava, LlavaConfig
@@ -139,14 +140,23 @@ def sparse_checkpoint(folder, config, dtype="F16"):
     (folder / "config.json").write_text(json.dumps(config))
     with torch.device("meta"):
         model = Llava(LlavaConfig.from_dict(config))
-    header, offset, size = {}, 0, {"F16": 2, "BF16": 2, "F32": 4}[dtype]
+    size = {"F16": 2, "BF16": 2, "F32": 4}[dtype]
+    shards = [{}]
     for name, p in model.state_dict().items():
-        n = p.numel() * size
-        header[name] = {"dtype": dtype, "shape": list(p.shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    with open(folder / "model.safetensors", "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text)
-        f.truncate(8 + len(text) + offset)
+        if shards[-1] and sum(n for _, n in shards[-1].values()) + p.numel() * size > shard_bytes:
+            shards.append({})
+        shards[-1][name] = (list(p.shape), p.numel() * size)
+    names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for fname, shard in zip(names, shards):
+        header, offset = {}, 0
+        for name, (shape, n) in shard.items():
+            header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n]}
+            offset += n
+        text = json.dumps(header).encode()
+        text += b" " * (-len(text) % 8)
+        with open(folder / fname, "wb") as f:
+            f.write(struct.pack("<Q", len(text)) + text)
+            f.truncate(8 + len(text) + offset)
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {k: fname for fname, shard in zip(names, shards) for k in shard}}))
     return folder
