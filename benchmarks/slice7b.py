@@ -87,8 +87,9 @@ def child(config, folder, out, threads):
     """One configuration in this fresh process; writes its figures and logits to `out`."""
     if threads:
         torch.set_num_threads(threads)
-    import minillava  # noqa: F401  both libraries imported first: neither pays for the other's imports
     import transformers
+
+    import minillava  # noqa: F401  both libraries imported first: neither pays for the other's imports
     ids, pv, steps = inputs()
     impl, mode = config.split(" ", 1)
     t = time.perf_counter()
@@ -288,12 +289,15 @@ def main(layers=4, repeats=2, ckpt=None, out=None, threads=None):
               "fresh_process_decode_vs_materialized": ratio(S, M, "decode_tok_s"),
               "rss_peak_vs_materialized": ratio(S, M, "rss_peak_gb")}
     bound = 1.15 * file_gb + 0.5
-    targets = [("logits identical to transformers float32", med[S]["max_diff"] == 0.0, f"max |diff| {med[S]['max_diff']:.3g}"),
-               ("peak RSS <= 1.15 x file + 0.5 GB", med[S]["rss_peak_gb"] <= bound, f"{med[S]['rss_peak_gb']:.2f} <= {bound:.2f} GB"),
+    targets = [("logits identical to transformers float32", med[S]["max_diff"] == 0.0,
+                f"max |diff| {med[S]['max_diff']:.3g}"),
+               ("peak RSS <= 1.15 x file + 0.5 GB", med[S]["rss_peak_gb"] <= bound,
+                f"{med[S]['rss_peak_gb']:.2f} <= {bound:.2f} GB"),
                ("TTFT <= 1.05 x materialized", ratios["ttft_vs_materialized"] <= 1.05, f"{ratios['ttft_vs_materialized']:.3f}"),
                ("TTFT <= 0.25 x transformers default", ratios["ttft_vs_transformers_default"] <= 0.25,
                 f"{ratios['ttft_vs_transformers_default']:.3f}"),
-               ("decode >= 1.25 x materialized", ratios["decode_vs_materialized"] >= 1.25, f"{ratios['decode_vs_materialized']:.3f}"),
+               ("decode >= 1.25 x materialized", ratios["decode_vs_materialized"] >= 1.25,
+                f"{ratios['decode_vs_materialized']:.3f}"),
                ("a load that cannot fit fails within 2 s", check["message"] is not None and check["check_s"] <= 2,
                 f"{check['check_s']:.2f} s")]
     print("\npaired ratios (median over repeats): " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items()))
@@ -304,7 +308,7 @@ def main(layers=4, repeats=2, ckpt=None, out=None, threads=None):
     if out:
         Path(out).write_text(json.dumps({"layers": layers, "file_gb": file_gb, "runs": res, "median": med, "paired": pair,
                                          "ratios": ratios, "check": check,
-                                         "targets": {l: [ok, f] for l, ok, f in targets}}, indent=1))
+                                         "targets": {label: [ok, f] for label, ok, f in targets}}, indent=1))
 
 
 def extrapolate(layers, med, file_gb):

@@ -14,7 +14,6 @@ Three modes (`dtype` is what the model computes in, `weights` how its large matr
 - half precision: `dtype="float16"` or `"bfloat16"` computes in it (the default on a GPU: the checkpoint's
   dtype). Fast on GPUs, slow on CPUs without native half-precision arithmetic, and not the exact reference.
 """
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -65,7 +65,8 @@ class Verified:
         return "\n".join(lines)
 
 
-def verify(folder, device=None, dtype=None, reference=True, question=QUESTION, picture=PICTURE, max_new_tokens=12):
+def verify(folder, device=None, dtype=None, reference=True, question=QUESTION, picture=PICTURE, max_new_tokens=12,
+           weights="stored"):
     """Check a llava-hf checkpoint folder (see the module docstring); a report, or the MinillavaError that
     names the first problem. device None: CUDA when available, else CPU; dtype None: the checkpoint's
     on a GPU, float32 on CPU. reference=False skips the comparison with transformers."""
@@ -89,7 +90,7 @@ def verify(folder, device=None, dtype=None, reference=True, question=QUESTION, p
                          f"{processor.image_seq_length} image tokens per image, as config.json")
 
     dtype = resolve_dtype(dtype, device, config.dtype)
-    model, processor = load(folder, device=device, dtype=dtype)
+    model, processor = load(folder, device=device, dtype=dtype, weights=weights)
     text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"},
                                                                      {"type": "text", "text": question}]}],
                                          add_generation_prompt=True)
@@ -234,6 +235,7 @@ def main(args, out):
         from transformers.utils import logging  # its loading bar, like minillava's: on a terminal only
 
         logging.disable_progress_bar()
-    report = verify(args.folder, device=args.device, dtype=args.dtype, reference=not args.no_reference)
+    report = verify(args.folder, device=args.device, dtype=args.dtype, reference=not args.no_reference,
+                    weights=getattr(args, "weights", "stored"))
     out.write(str(report) + "\n")
     return report.exit_status

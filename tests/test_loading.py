@@ -237,6 +237,21 @@ def test_cli_dtype_and_weights_on_every_loading_command(monkeypatch, command):
     assert cli.main(command) == 2 and seen["dtype"] is None and seen["weights"] == "stored"
 
 
+def test_cli_verify_passes_the_mode(monkeypatch):
+    import importlib
+
+    from minillava import cli
+    verify = importlib.import_module("minillava.verify")
+    seen = {}
+
+    def fake_verify(folder, **kwargs):
+        seen.update(kwargs)
+        raise DeviceError("stop here")
+    monkeypatch.setattr(verify, "verify", fake_verify)
+    assert cli.main(["verify", "folder", "--dtype", "float32", "--weights", "materialized"]) == 2
+    assert seen["dtype"] == "float32" and seen["weights"] == "materialized"
+
+
 def test_cli_memory_error_is_one_line(monkeypatch, capsys, sparse_7b):
     from minillava import cli
     fake_available(monkeypatch, 10e9)
