@@ -80,8 +80,8 @@ def model_options():
     g.add_argument("--device", default="cpu", help="where to run: cpu, cuda, cuda:1, mps")
     g.add_argument("--dtype", help="float32, float16 or bfloat16 (default: float32 on cpu, the checkpoint's own "
                                    "dtype on a GPU)")
-    g.add_argument("--weights", default="stored", choices=["stored", "materialized"], help="stored (default): float16/"
-                   "bfloat16 weights kept as in the file under float32 (exact, half the memory); materialized: converted")
+    g.add_argument("--weights", default="stored", choices=["stored", "materialized"], help="stored: float16/bfloat16 "
+                   "weights kept as in the file under float32, exact in half the memory; materialized (default: stored)")
     return p
 
 
@@ -146,7 +146,7 @@ def build_parser():
     ver.add_argument("--device", help="cpu, cuda, ... (default: cuda when available, else cpu)")
     ver.add_argument("--dtype", help="float32, float16 or bfloat16 (default: the checkpoint's dtype on a GPU, "
                                      "float32 on cpu)")
-    ver.add_argument("--weights", default="stored", choices=["stored", "materialized"], help="as for ask")
+    ver.add_argument("--weights", default="stored", choices=["stored", "materialized"], help="as ask's (default: stored)")
     ver.add_argument("--no-reference", action="store_true", help="do not compare with transformers (default: compare "
                                                                  "when it is installed)")
     return p
