@@ -2,6 +2,7 @@
 
     python benchmarks/bench.py --size small            # CPU, fp32: CLIP-L/336 tower + a 271M decoder
     python benchmarks/bench.py --size 7b --device cuda  # the llava-1.5-7b shape, bf16, random weights
+    python benchmarks/bench.py --size 7b --layers 8 --device cuda  # its first 8 decoder layers: minutes, not tens
     python benchmarks/bench.py --size tiny --repeats 1 # seconds: the smoke form the test suite runs
     python benchmarks/bench.py --size 7b-slice --layers 4  # the real 7b config, 4 layers: modes and memory (slice7b.py)
 
@@ -35,20 +36,21 @@ SIZES = {
 }
 
 
-def config_dict(size):
+def config_dict(size, layers=None):
     s = SIZES[size]
+    text = dict(s["text"], **({"num_hidden_layers": layers} if layers else {}))
     return {"model_type": "llava", "image_token_index": 32000, "pad_token_id": 32001, "vision_config": s["vision"],
-            "text_config": dict(s["text"], model_type="llama", vocab_size=32064, max_position_embeddings=4096,
+            "text_config": dict(text, model_type="llama", vocab_size=32064, max_position_embeddings=4096,
                                 rms_norm_eps=1e-5), "torch_dtype": s["dtype"]}
 
 
-def build_checkpoint(size, folder):
+def build_checkpoint(size, folder, layers=None):
     """Random weights saved by transformers itself (its save_pretrained layout), built once and reused."""
     folder = Path(folder)
     if (folder / "config.json").exists():
         return folder
     from transformers import LlavaConfig, LlavaForConditionalGeneration
-    d = config_dict(size)
+    d = config_dict(size, layers)
     torch.manual_seed(0)
     cfg = LlavaConfig(**{k: v for k, v in d.items() if k != "model_type"})
     model = LlavaForConditionalGeneration(cfg).to(getattr(torch, d["torch_dtype"]))
@@ -138,7 +140,8 @@ def decode_bytes_per_token(folder, dtype):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", default="small", choices=list(SIZES) + ["7b-slice"])
-    ap.add_argument("--layers", type=int, default=4, help="7b-slice: decoder layers kept of the 32")
+    ap.add_argument("--layers", type=int, default=None,
+                    help="decoder layers kept (7b-slice: default 4 of the 32; other sizes: default all)")
     ap.add_argument("--threads", type=int, default=None, help="7b-slice: torch threads in each run (default torch's)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None)
@@ -152,13 +155,14 @@ def main():
     if a.size == "7b-slice":  # its own protocol: one fresh process per configuration (benchmarks/slice7b.py)
         sys.path.insert(0, str(Path(__file__).parent))
         from slice7b import main as slice_main
-        return slice_main(a.layers, a.repeats or 2, a.ckpt, a.out, a.threads)
+        return slice_main(a.layers or 4, a.repeats or 2, a.ckpt, a.out, a.threads)
     a.repeats = a.repeats or 5
     dtype = a.dtype or SIZES[a.size]["dtype"]
     if a.child:
         return child_load(a.child[0], a.child[1], a.device, dtype)
     torch.manual_seed(0)
-    folder = build_checkpoint(a.size, a.ckpt or Path.home() / ".cache" / "minillava-bench" / a.size)
+    folder = build_checkpoint(a.size, a.ckpt or Path.home() / ".cache" / "minillava-bench" / f"{a.size}-{a.layers or 'all'}",
+                              a.layers)
     size_mb = sum(f.stat().st_size for f in Path(folder).glob("*.safetensors")) / 2**20
     impls = ["minillava", "transformers"]
     res = {i: {k: [] for k in ("load_s", "load_peak_mb", "load_and_forward_s", "after_forward_peak_mb", "ttft_s",
@@ -197,7 +201,7 @@ def main():
 
     bw = copy_bandwidth_gbs(a.device)
     bytes_tok = decode_bytes_per_token(folder, dtype)
-    summary = {"size": a.size, "dtype": dtype, "device": a.device, "checkpoint_mb": size_mb,
+    summary = {"size": a.size, "layers": a.layers, "dtype": dtype, "device": a.device, "checkpoint_mb": size_mb,
                "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
                           f"threads {torch.get_num_threads()}"
                           + (f", {torch.cuda.get_device_name()}" if a.device.startswith("cuda") else ""),
