@@ -18,12 +18,12 @@ def quick_gelu(x):
 
 
 class CLIPVisionEmbeddings(nn.Module):
-    def __init__(self, cfg: VisionConfig):
+    def __init__(self, config: VisionConfig):
         super().__init__()
-        D, P = cfg.hidden_size, cfg.patch_size
+        D, P = config.hidden_size, config.patch_size
         self.class_embedding = nn.Parameter(torch.empty(D))
-        self.patch_embedding = nn.Conv2d(cfg.num_channels, D, kernel_size=P, stride=P, bias=False)
-        self.position_embedding = Embedding(cfg.num_patches + 1, D)  # +1 for the class token
+        self.patch_embedding = nn.Conv2d(config.num_channels, D, kernel_size=P, stride=P, bias=False)
+        self.position_embedding = Embedding(config.num_patches + 1, D)  # +1 for the class token
 
     def forward(self, pixel_values):  # (B, 3, H, W), H = W = image_size: LLaVA-1.5 never interpolates positions
         B = pixel_values.shape[0]
@@ -36,10 +36,10 @@ class CLIPVisionEmbeddings(nn.Module):
 
 
 class CLIPAttention(nn.Module):
-    def __init__(self, cfg: VisionConfig):
+    def __init__(self, config: VisionConfig):
         super().__init__()
-        D = cfg.hidden_size
-        self.n_heads, self.head_dim = cfg.num_attention_heads, D // cfg.num_attention_heads
+        D = config.hidden_size
+        self.n_heads, self.head_dim = config.num_attention_heads, D // config.num_attention_heads
         self.q_proj = Linear(D, D)
         self.k_proj = Linear(D, D)
         self.v_proj = Linear(D, D)
@@ -54,11 +54,11 @@ class CLIPAttention(nn.Module):
 
 
 class CLIPMLP(nn.Module):
-    def __init__(self, cfg: VisionConfig):
+    def __init__(self, config: VisionConfig):
         super().__init__()
-        self.fc1 = Linear(cfg.hidden_size, cfg.intermediate_size)
-        self.fc2 = Linear(cfg.intermediate_size, cfg.hidden_size)
-        self.act = quick_gelu if cfg.hidden_act == "quick_gelu" else F.gelu
+        self.fc1 = Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = Linear(config.intermediate_size, config.hidden_size)
+        self.act = quick_gelu if config.hidden_act == "quick_gelu" else F.gelu
 
     def forward(self, x):
         return self.fc2(self.act(self.fc1(x)))
@@ -67,12 +67,12 @@ class CLIPMLP(nn.Module):
 class CLIPEncoderLayer(nn.Module):
     """Pre-norm transformer block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
 
-    def __init__(self, cfg: VisionConfig):
+    def __init__(self, config: VisionConfig):
         super().__init__()
-        self.self_attn = CLIPAttention(cfg)
-        self.layer_norm1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.mlp = CLIPMLP(cfg)
-        self.layer_norm2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.self_attn = CLIPAttention(config)
+        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = CLIPMLP(config)
+        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, x):
         x = x + self.self_attn(self.layer_norm1(x))
@@ -80,9 +80,9 @@ class CLIPEncoderLayer(nn.Module):
 
 
 class CLIPEncoder(nn.Module):
-    def __init__(self, cfg: VisionConfig):
+    def __init__(self, config: VisionConfig):
         super().__init__()
-        self.layers = nn.ModuleList(CLIPEncoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(CLIPEncoderLayer(config) for _ in range(config.num_hidden_layers))
 
     def forward(self, x, n_layers=None):
         """(B, N, D) -> the hidden states [input, after layer 1, ..., after layer n_layers] (all layers by default)."""
@@ -94,13 +94,13 @@ class CLIPEncoder(nn.Module):
 
 
 class CLIPVisionTransformer(nn.Module):
-    def __init__(self, cfg: VisionConfig):
+    def __init__(self, config: VisionConfig):
         super().__init__()
-        self.embeddings = CLIPVisionEmbeddings(cfg)
-        self.pre_layrnorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.encoder = CLIPEncoder(cfg)
+        self.embeddings = CLIPVisionEmbeddings(config)
+        self.pre_layrnorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.encoder = CLIPEncoder(config)
         # Loaded (it is in every checkpoint) but never run: LLaVA takes an inner layer's output
-        self.post_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, pixel_values, n_layers=None):
         """(B, 3, H, W) -> transformers' `hidden_states` tuple as a list: index 0 is the embeddings after
@@ -109,9 +109,9 @@ class CLIPVisionTransformer(nn.Module):
 
 
 class CLIPVisionModel(nn.Module):
-    def __init__(self, cfg: VisionConfig):
+    def __init__(self, config: VisionConfig):
         super().__init__()
-        self.vision_model = CLIPVisionTransformer(cfg)
+        self.vision_model = CLIPVisionTransformer(config)
 
     def forward(self, pixel_values, layers):
         """Hidden states at the given indices of the (num_hidden_layers + 1)-long hidden_states list.

@@ -87,10 +87,10 @@ class KVCache:
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, cfg: TextConfig, layer_idx):
+    def __init__(self, config: TextConfig, layer_idx):
         super().__init__()
-        self.n_heads, self.n_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        D, b = cfg.hidden_size, cfg.attention_bias
+        self.n_heads, self.n_kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        D, b = config.hidden_size, config.attention_bias
         self.q_proj = Linear(D, self.n_heads * self.head_dim, bias=b)
         self.k_proj = Linear(D, self.n_kv_heads * self.head_dim, bias=b)
         self.v_proj = Linear(D, self.n_kv_heads * self.head_dim, bias=b)
@@ -123,25 +123,25 @@ ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "relu": F.relu,
 class LlamaMLP(nn.Module):
     """SwiGLU (Shazeer 2020): down(silu(gate(x)) * up(x)), silu being text_config.hidden_act."""
 
-    def __init__(self, cfg: TextConfig):
+    def __init__(self, config: TextConfig):
         super().__init__()
-        D, hidden, b = cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias
+        D, hidden, b = config.hidden_size, config.intermediate_size, config.mlp_bias
         self.gate_proj = Linear(D, hidden, bias=b)
         self.up_proj = Linear(D, hidden, bias=b)
         self.down_proj = Linear(hidden, D, bias=b)
-        self.act = ACTIVATIONS[cfg.hidden_act]
+        self.act = ACTIVATIONS[config.hidden_act]
 
     def forward(self, x):
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, cfg: TextConfig, layer_idx):
+    def __init__(self, config: TextConfig, layer_idx):
         super().__init__()
-        self.self_attn = LlamaAttention(cfg, layer_idx)
-        self.mlp = LlamaMLP(cfg)
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = LlamaAttention(config, layer_idx)
+        self.mlp = LlamaMLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, x, cos, sin, mask, cache):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
@@ -149,12 +149,12 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, cfg: TextConfig):
+    def __init__(self, config: TextConfig):
         super().__init__()
-        self.config = cfg
-        self.embed_tokens = Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.config = config
+        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, inputs_embeds, attention_mask=None, position_ids=None, cache=None):
         """inputs_embeds (B, T, D) -> the final hidden states (B, T, D), normalised.
@@ -205,15 +205,15 @@ def attention_mask_4d(attention_mask, start, T, sliding_window, device):
 
 
 class LlamaForCausalLM(nn.Module):
-    def __init__(self, cfg: TextConfig):
+    def __init__(self, config: TextConfig):
         super().__init__()
-        self.config = cfg
-        self.model = LlamaModel(cfg)
-        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.config = config
+        self.model = LlamaModel(config)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
 
     def new_cache(self, batch_size, max_len, device=None, dtype=None):
-        cfg, w = self.config, self.model.norm.weight  # the compute dtype: large weights may be stored narrower
-        return KVCache(cfg.num_hidden_layers, (batch_size, cfg.num_key_value_heads, max_len, cfg.head_dim),
+        config, w = self.config, self.model.norm.weight  # the compute dtype: large weights may be stored narrower
+        return KVCache(config.num_hidden_layers, (batch_size, config.num_key_value_heads, max_len, config.head_dim),
                        device or w.device, dtype or w.dtype)
 
     def forward(self, inputs_embeds, attention_mask=None, position_ids=None, cache=None, logits_to_keep=0):

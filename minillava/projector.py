@@ -12,13 +12,13 @@ from .layers import Linear
 
 
 class LlavaMultiModalProjector(nn.Module):
-    def __init__(self, cfg: LlavaConfig):
+    def __init__(self, config: LlavaConfig):
         super().__init__()
         # a list of feature layers is concatenated along the channel axis before projecting
-        d_in = cfg.vision_config.hidden_size * len(cfg.feature_layers)
-        d_out = cfg.text_config.hidden_size
-        self.linear_1 = Linear(d_in, d_out, bias=cfg.multimodal_projector_bias)
-        self.linear_2 = Linear(d_out, d_out, bias=cfg.multimodal_projector_bias)
+        d_in = config.vision_config.hidden_size * len(config.feature_layers)
+        d_out = config.text_config.hidden_size
+        self.linear_1 = Linear(d_in, d_out, bias=config.multimodal_projector_bias)
+        self.linear_2 = Linear(d_out, d_out, bias=config.multimodal_projector_bias)
 
     def forward(self, features):  # (n_images, n_tokens, d_in)
         # exact erf GELU here (transformers' ACT2FN["gelu"]), unlike the tower's quick_gelu
