@@ -8,15 +8,15 @@
 from .compare import compare
 from .config import LlavaConfig, TextConfig, VisionConfig
 from .errors import (
-                     CheckpointError,
-                     CompareError,
-                     ConfigError,
-                     DeviceError,
-                     GenerationError,
-                     ImageError,
-                     MinillavaError,
-                     PromptError,
-                     TokenizerError,
+    CheckpointError,
+    CompareError,
+    ConfigError,
+    DeviceError,
+    GenerationError,
+    ImageError,
+    MinillavaError,
+    PromptError,
+    TokenizerError,
 )
 from .generation import ChatSession, generate, stream
 from .llava import Llava
