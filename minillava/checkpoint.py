@@ -159,6 +159,13 @@ def load_weights(model, folder, device="cpu", dtype=torch.float32, progress=Fals
         state[name] = t.to(device=device, dtype=dtype[name] if isinstance(dtype, dict) else dtype)  # no copy when both match
         if progress:
             _progress_bar(i + 1, len(expected))
+    return assign_weights(model, state)
+
+
+def assign_weights(model, state):
+    """Give a model built on the meta device its tensors, as they are (no copy), strictly, frozen for inference.
+    A tied lm_head is the embedding matrix itself. (original/convert.py assigns the original release this way too.)"""
+    tied = getattr(model.config, "tie_word_embeddings", False)
     if tied:
         state["language_model.lm_head.weight"] = state["language_model.model.embed_tokens.weight"]
     model.load_state_dict(state, strict=True, assign=True)

@@ -12,7 +12,15 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from ..checkpoint import check_names, padded_vocab_size, save_weights, weight_files, write_json, write_processor_configs
+from ..checkpoint import (
+    assign_weights,
+    check_names,
+    padded_vocab_size,
+    save_weights,
+    weight_files,
+    write_json,
+    write_processor_configs,
+)
 from ..config import LlavaConfig, VisionConfig, read_json
 from ..errors import CheckpointError, ConfigError, TokenizerError
 from ..images import CLIP_MEAN, CLIP_STD
@@ -199,9 +207,7 @@ def load_original(folder, clip_folder, device="cpu", dtype=None):
         model = Llava(config)
     state, origin = hub_state(folder, clip_folder, config)
     check_state(model, state, origin, (folder, clip_folder))
-    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, strict=True, assign=True)
-    for p in model.parameters():
-        p.requires_grad_(False)
+    assign_weights(model, {k: v.to(device=device, dtype=dtype) for k, v in state.items()})
     return model.eval()
 
 
