@@ -27,8 +27,10 @@ from .llava import Llava
 
 DEMO = Path(__file__).parent / "demo"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
-IMAGE_TOKEN_INDEX, PAD_TOKEN_ID = 475, 476  # the demo tokenizer: 475 tokens, then <image>, <pad>
-VOCAB = padded_vocab_size(IMAGE_TOKEN_INDEX)  # 512, as llava-hf padded Llama-2's 32000 to 32064
+# the demo tokenizer's n tokens, then <image> = n and <pad> = n + 1 (588 and 589 in the current demo)
+IMAGE_TOKEN_INDEX = json.loads((DEMO / "added_tokens.json").read_text(encoding="utf-8"))["<image>"]
+PAD_TOKEN_ID = IMAGE_TOKEN_INDEX + 1
+VOCAB = padded_vocab_size(IMAGE_TOKEN_INDEX)  # a multiple of 64, as llava-hf padded Llama-2's 32000 to 32064
 
 VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
           "image_size": 56, "patch_size": 14, "model_type": "clip_vision_model", "projection_dim": 16}
@@ -117,7 +119,7 @@ def write_original(folder, seed=0, max_shard_bytes=100_000):
     llava/ is liuhaotian/llava-v1.5-7b: `pytorch_model-0000N-of-0000M.bin` shards (torch.save of plain
     tensor dicts) + pytorch_model.bin.index.json, keys model.layers.N.*, lm_head.weight,
     model.mm_projector.{0,2}.*, the rotary inv_freq buffers transformers 4.31 saved, a vocabulary without
-    `<image>` and `<pad>` (475 rows), the original config.json (mm_vision_tower, mm_vision_select_layer,
+    `<image>` and `<pad>` (IMAGE_TOKEN_INDEX rows), the original config.json (mm_vision_tower, mm_vision_select_layer,
     image_aspect_ratio "pad") and Vicuna's tokenizer files. clip/ is openai/clip-vit-large-patch14-336:
     the whole CLIPModel (a text tower and projections LLaVA never uses), a CLIPConfig, the older integer
     preprocessor_config.json. `minillava.original.load_original(llava, clip)` and `convert_original` read it.

@@ -2,16 +2,22 @@
 
 Every image holds 1 to 4 shapes (circle, square, triangle) in six colours, of varied size, each in its own
 cell of an invisible 3 x 3 grid (with jitter), on a low-saturation background (flat, gradient or noisy).
-No two shapes share both shape and colour. Five kinds of question, each with one exact answer:
+No two shapes share both shape and colour. Eight kinds of question, each with one exact answer:
 
     colour       "What color is the circle?"            -> "red"       (the only circle in the image)
     shape        "What shape is the blue object?"       -> "square"    (the only blue shape)
     count        "How many shapes are there?"           -> "three"
+    count_of     "How many red shapes are there?"       -> "two"       (or "How many circles ...?"; "zero" too)
     position     "Where is the green triangle?"         -> "bottom left"
     description  "Describe the image."                  -> "A red circle at the top left and a blue square in the center."
+    exists       "Is there a red square?"               -> "Yes." / "No."
+    absent       "What color is the square?"            -> "There is no square."  (a colour, shape or position
+                                                           question about something the image does not hold)
 
-Everything is a pure function of a seed: `sample(seed)` draws one example, `split(name, n)` a fixed list.
-The held-out split ("test", 500 questions, 100 per kind) uses seeds that training never touches.
+Each kind has trained wordings (TRAINED) and withheld ones (WITHHELD) that training never uses, to measure
+how far the model generalises to other ways of asking. Everything is a pure function of a seed:
+`sample(seed)` draws one example, `split(name, n)` a fixed list. The held-out split ("test") uses seeds
+that training never touches.
 """
 import colorsys
 import random
@@ -28,14 +34,48 @@ PHRASES = {"top left": "at the top left", "top": "at the top", "top right": "at 
            "left": "on the left", "center": "in the center", "right": "on the right",
            "bottom left": "at the bottom left", "bottom": "at the bottom", "bottom right": "at the bottom right"}
 NUMBERS = ["zero", "one", "two", "three", "four"]
-KINDS = ["colour", "shape", "count", "position", "description"]
-QUESTIONS = {
-    "colour": ["What color is the {shape}?", "What colour is the {shape}?", "Which color is the {shape}?"],
-    "shape": ["What shape is the {color} object?", "Which shape is {color}?", "What is the {color} shape?"],
-    "count": ["How many shapes are there?", "How many shapes are in the image?", "How many objects can you see?"],
-    "position": ["Where is the {color} {shape}?", "Where is the {color} {shape} in the image?"],
-    "description": ["Describe the image.", "Describe the image in one sentence.", "What is in the image?"],
+KINDS = ["colour", "shape", "count", "count_of", "position", "description", "exists", "absent"]
+# {shape}: circle / square / triangle; {color}: one of COLORS; {what}: "red shapes" or "circles"; {obj}: "a red
+# square", "a circle" or "a red shape". The README's and the CLI's example questions are among the trained ones.
+TRAINED = {
+    "colour": ["What color is the {shape}?", "What colour is the {shape}?", "Which color is the {shape}?",
+               "What is the color of the {shape}?", "What color does the {shape} have?", "Tell me the color of the {shape}.",
+               "What color is the {shape} in the image?", "The {shape} is what color?", "What colour is the {shape} here?"],
+    "shape": ["What shape is the {color} object?", "Which shape is {color}?", "What is the {color} shape?",
+              "What shape is {color}?", "What kind of shape is the {color} one?", "Tell me the shape of the {color} object.",
+              "What is the shape of the {color} object?", "Which shape is the {color} one?"],
+    "count": ["How many shapes are there?", "How many shapes are in the image?", "How many objects can you see?",
+              "How many objects are there?", "Count the shapes.", "How many shapes do you see?",
+              "What is the number of shapes?", "How many things are in the picture?"],
+    "count_of": ["How many {what} are there?", "How many {what} are in the image?", "How many {what} can you see?",
+                 "Count the {what}.", "How many {what} do you see?", "What is the number of {what}?",
+                 "How many {what} are in the picture?", "How many {what} are shown?"],
+    "position": ["Where is the {color} {shape}?", "Where is the {color} {shape} in the image?",
+                 "Where is the {color} {shape} located?", "Where can I find the {color} {shape}?",
+                 "What is the position of the {color} {shape}?", "In which part of the image is the {color} {shape}?",
+                 "Where's the {color} {shape}?", "Tell me where the {color} {shape} is."],
+    "description": ["Describe the image.", "Describe the image in one sentence.", "What is in the image?",
+                    "What is shown here?", "What is in this picture?", "What do you see?", "Describe this picture.",
+                    "What does the image show?", "Tell me what is in the image."],
+    "exists": ["Is there {obj}?", "Is there {obj} in the image?", "Do you see {obj}?", "Can you see {obj}?",
+               "Is {obj} shown?", "Does the image contain {obj}?", "Is there {obj} in the picture?", "Is there {obj} here?"],
 }
+WITHHELD = {  # never used in training: other ways of asking, to measure generalisation
+    "colour": ["Can you tell me the color of the {shape}?", "Which colour does the {shape} have?",
+               "What is the {shape}'s color?", "Name the color of the {shape}."],
+    "shape": ["Can you tell me what shape the {color} object is?", "What shape does the {color} object have?",
+              "Name the {color} shape.", "The {color} object is which shape?"],
+    "count": ["Can you count the shapes in the image?", "How many objects are in the picture?",
+              "Tell me how many shapes there are.", "How many shapes can you count?"],
+    "count_of": ["Can you count the {what}?", "Tell me how many {what} there are.", "How many {what} does the image have?",
+                 "How many {what} can you count?"],
+    "position": ["Can you tell me where the {color} {shape} is?", "Where in the picture is the {color} {shape}?",
+                 "Which position does the {color} {shape} have?", "Where do you see the {color} {shape}?"],
+    "description": ["Can you describe the picture?", "What can you see in the image?", "Give me a description of the image.",
+                    "What is in the photo?"],
+    "exists": ["Is {obj} present?", "Does the picture have {obj}?", "Do you notice {obj}?", "Is there {obj} anywhere?"],
+}
+NO_IMAGE = "I see no image."  # the answer to any question asked without an image
 IMAGE_SIZE = 96
 SEED_BASE = {"train": 0, "test": 10**9}  # disjoint seed ranges for training and the held-out split
 
@@ -96,61 +136,96 @@ def describe(objects):
     return text[0].upper() + text[1:] + "."
 
 
-def ask(rng, objects, kind):
-    """A (question, answer) pair of the given kind about these objects."""
-    template = rng.choice(QUESTIONS[kind])
+def article(phrase):
+    return ("an " if phrase[0] in "aeiou" else "a ") + phrase
+
+
+def ask(rng, objects, kind, withheld=False):
+    """A (question, answer) pair of the given kind about these objects, in a trained wording (or a withheld
+    one), or None when this scene cannot be asked it (a colour question needs a shape that occurs once)."""
+    def wording(k):
+        return rng.choice((WITHHELD if withheld else TRAINED)[k])
+    n_color = {c: sum(o["color"] == c for o in objects) for c in COLORS}
+    n_shape = {s: sum(o["shape"] == s for o in objects) for s in SHAPES}
+    pairs = [(o["color"], o["shape"]) for o in objects]
     if kind == "colour":  # ask about a shape type that occurs exactly once
-        unique = [o for o in objects if sum(p["shape"] == o["shape"] for p in objects) == 1]
-        o = rng.choice(unique)
-        return template.format(shape=o["shape"]), o["color"]
+        unique = [o for o in objects if n_shape[o["shape"]] == 1]
+        o = rng.choice(unique) if unique else None
+        return o and (wording("colour").format(shape=o["shape"]), o["color"])
     if kind == "shape":  # ask about a colour that occurs exactly once
-        unique = [o for o in objects if sum(p["color"] == o["color"] for p in objects) == 1]
-        o = rng.choice(unique)
-        return template.format(color=o["color"]), o["shape"]
+        unique = [o for o in objects if n_color[o["color"]] == 1]
+        o = rng.choice(unique) if unique else None
+        return o and (wording("shape").format(color=o["color"]), o["shape"])
     if kind == "count":
-        return template, NUMBERS[len(objects)]
+        return wording("count"), NUMBERS[len(objects)]
+    if kind == "count_of":  # of a colour (mostly one that is there) or of a shape type
+        if rng.random() < 0.5:
+            color = rng.choice([c for c in COLORS if n_color[c]] if rng.random() < 0.7 else list(COLORS))
+            return wording("count_of").format(what=f"{color} shapes"), NUMBERS[n_color[color]]
+        shape = rng.choice(SHAPES)
+        return wording("count_of").format(what=shape + "s"), NUMBERS[n_shape[shape]]
     if kind == "position":
         o = rng.choice(objects)
-        return template.format(color=o["color"], shape=o["shape"]), o["position"]
-    return template, describe(objects)
+        return wording("position").format(color=o["color"], shape=o["shape"]), o["position"]
+    if kind == "description":
+        return wording("description"), describe(objects)
+    if kind == "exists":  # yes or no, half each; a full "colour shape" phrase, a shape alone or a colour alone
+        form = rng.choices(["pair", "shape", "color"], [3, 1, 1])[0]
+        names = {"pair": [f"{c} {s}" for c, s in pairs], "shape": [s for _, s in pairs],
+                 "color": [f"{c} shape" for c, _ in pairs]}[form]
+        if rng.random() < 0.5:
+            return wording("exists").format(obj=article(rng.choice(names))), "Yes."
+        others = {"pair": [f"{c} {s}" for c, s in _missing_pairs(rng, pairs)], "shape": [s for s in SHAPES if not n_shape[s]],
+                  "color": [f"{c} shape" for c in COLORS if not n_color[c]]}[form]
+        return others and (wording("exists").format(obj=article(rng.choice(others))), "No.")
+    if kind == "absent":  # a colour, shape or position question about something that is not there
+        borrowed = rng.choice(["colour", "shape", "position"])
+        if borrowed == "colour":
+            missing = [s for s in SHAPES if not n_shape[s]]
+            s = rng.choice(missing) if missing else None
+            return s and (wording("colour").format(shape=s), f"There is no {s}.")
+        if borrowed == "shape":
+            c = rng.choice([c for c in COLORS if not n_color[c]])
+            return wording("shape").format(color=c), f"There is no {c} shape."
+        c, s = rng.choice(_missing_pairs(rng, pairs))
+        return wording("position").format(color=c, shape=s), f"There is no {c} {s}."
+    raise ValueError(f"unknown question kind {kind!r}, expected one of {KINDS}")
 
 
-def possible_kinds(objects):
-    ok = ["count", "position", "description"]
-    if any(sum(p["shape"] == o["shape"] for p in objects) == 1 for o in objects):
-        ok.append("colour")
-    if any(sum(p["color"] == o["color"] for p in objects) == 1 for o in objects):
-        ok.append("shape")
-    return ok
+def _missing_pairs(rng, pairs):
+    """(colour, shape) pairs not in the image; mostly near misses that share a colour or a shape with one
+    that is, so that a "no" needs the colour and the shape bound together."""
+    missing = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in pairs]
+    near = [(c, s) for c, s in missing if any(c == c2 or s == s2 for c2, s2 in pairs)]
+    return near if near and rng.random() < 0.7 else missing
 
 
-def sample(seed, kind=None, size=IMAGE_SIZE, confusable=False):
+def sample(seed, kind=None, size=IMAGE_SIZE, confusable=False, withheld=False):
     """One example: dict(image, question, answer, kind, objects), a pure function of `seed`.
     With kind=None the kind is drawn uniformly; scenes that cannot answer it are redrawn."""
     rng = random.Random(seed)
     kind = kind or rng.choice(KINDS)
     while True:
         img, objects = draw_scene(rng, size, confusable)
-        if kind in possible_kinds(objects):
-            q, a = ask(rng, objects, kind)
-            return dict(image=img, question=q, answer=a, kind=kind, objects=objects)
+        qa = ask(rng, objects, kind, withheld)
+        if qa:
+            return dict(image=img, question=qa[0], answer=qa[1], kind=kind, objects=objects)
 
 
 def split(name="test", n=500, size=IMAGE_SIZE):
-    """A fixed list of n examples with the kinds in turn (n/5 of each); "test" is the held-out split."""
+    """A fixed list of n first-turn examples with the kinds in turn; "test" is the held-out split."""
     base = SEED_BASE[name]
     return [sample(base + i, KINDS[i % len(KINDS)], size) for i in range(n)]
 
 
-def all_texts():
-    """Every question and answer string the dataset can produce (used to train the tokenizer)."""
-    texts = []
-    for kind, templates in QUESTIONS.items():
-        for t in templates:
-            for shape in SHAPES:
-                for color in COLORS:
-                    texts.append(t.format(shape=shape, color=color))
-    texts += list(COLORS) + SHAPES + NUMBERS + [p for row in POSITIONS for p in row]
+def trained_texts():
+    """Every trained question and every answer the dataset can produce (what the tokenizer is trained on;
+    the withheld wordings are not among them)."""
+    fills = [dict(shape=s, color=c, what=w, obj=article(o)) for s in SHAPES for c in COLORS
+             for w in (f"{c} shapes", s + "s") for o in (f"{c} {s}", s, f"{c} shape")]
+    texts = [t.format(**f) for templates in TRAINED.values() for t in templates for f in fills]
+    texts += list(COLORS) + SHAPES + NUMBERS + [p for row in POSITIONS for p in row] + ["Yes.", "No.", NO_IMAGE]
+    texts += [f"There is no {x}." for x in SHAPES + [f"{c} {s}" for c in COLORS for s in SHAPES + ["shape"]]]
     texts += [describe([dict(color=c, shape=s, position=p)]) for c in COLORS for s in SHAPES for p in PHRASES]
     return sorted(set(texts))
 

@@ -1,0 +1,120 @@
+"""Conversations about one drawn image, rendered with the chat template and batched for training.
+
+A conversation is dict(image, turns, kinds, image_turn): `turns` is a list of (question, answer); the image
+(or None) comes with the user message of turn `image_turn`. Earlier turns have no image to look at and are
+answered shapes.NO_IMAGE. The text is rendered by minillava.chat.format_conversation, the same code that
+renders a chat for the model at inference, so training and use see the very same prompt strings.
+"""
+import random
+
+import torch
+
+from ..chat import format_conversation, user_message
+from . import shapes
+
+# how often each kind of question is asked in stage 2, per turn (the ones that bind colour and shape, more)
+STAGE2_KINDS = {"colour": 2, "shape": 2, "count": 1, "count_of": 1.5, "position": 4, "description": 1.2,
+                "exists": 2.5, "absent": 2}
+TURNS = {1: 3, 2: 3, 3: 3, 4: 2, 5: 1}  # relative frequency of each conversation length in stage 2
+NO_IMAGE_SHARE = 0.06  # stage-2 conversations that start with questions asked before any image is given
+# The share of stage-2 scenes whose shapes share colours and shapes (shapes.draw_scene(confusable=True)).
+# In natural scenes most position questions can be answered from the colour or the shape alone; without
+# these the model never learns to bind the two and answers with the place of another green shape.
+CONFUSABLE = 0.5
+
+
+def draw(rng, stage):
+    """A training conversation. Stage 1: one caption. Stage 2: 1-5 questions of any kind, in any order, about
+    one image (LLaVA-1.5 also packs the questions about one image into one conversation), sometimes after
+    questions asked before the image was given. Seeds stay below shapes.SEED_BASE["test"]."""
+    scene = random.Random(rng.randrange(shapes.SEED_BASE["test"]))
+    image, objects = shapes.draw_scene(scene, confusable=stage == 2 and rng.random() < CONFUSABLE)
+    if stage == 1:
+        return dict(image=image, turns=[shapes.ask(rng, objects, "description")], kinds=["description"], image_turn=0)
+    image_turn = 0
+    turns, kinds = [], []
+    if rng.random() < NO_IMAGE_SHARE:
+        for _ in range(rng.randint(1, 2)):
+            kind, (question, _) = _any_question(rng, turns)
+            turns.append((question, shapes.NO_IMAGE))
+            kinds.append("no_image")
+        if rng.random() < 0.5:  # the image never comes: every question is answered honestly
+            return dict(image=None, turns=turns, kinds=kinds, image_turn=None)
+        image_turn = len(turns)
+    n = image_turn + rng.choices(list(TURNS), list(TURNS.values()))[0]
+    while len(turns) < n:
+        kind = rng.choices(list(STAGE2_KINDS), list(STAGE2_KINDS.values()))[0]
+        qa = shapes.ask(rng, objects, kind)
+        if qa and qa[0] not in [q for q, _ in turns] and not (kind == "count" and "count" in kinds):
+            turns.append(qa)
+            kinds.append(kind)
+    return dict(image=image, turns=turns, kinds=kinds, image_turn=image_turn)
+
+
+def batches(rng, stage, batch_size, pool=8):
+    """Endless training batches (lists of conversations) of similar length: `pool` batches' worth are drawn,
+    sorted by length and cut, then handed out in random order. Padding is then about a tenth of a batch
+    instead of a third (a conversation is 36 image tokens and 1 to 5 turns)."""
+    while True:
+        convs = sorted((draw(rng, stage) for _ in range(batch_size * pool)),
+                       key=lambda c: sum(len(q) + len(a) for q, a in c["turns"]) + 150 * (c["image"] is not None))
+        chunks = [convs[i:i + batch_size] for i in range(0, len(convs), batch_size)]
+        rng.shuffle(chunks)
+        yield from chunks
+
+
+def _any_question(rng, turns, withheld=False):
+    """A question of any kind about a random scene (its answer is not used: there is no image to look at)."""
+    while True:
+        kind = rng.choice(shapes.KINDS)
+        qa = shapes.ask(rng, shapes.draw_scene(rng)[1], kind, withheld)
+        if qa and qa[0] not in [q for q, _ in turns]:
+            return kind, qa
+
+
+def messages(conversation, n_turns=None, answers=None):
+    """The chat messages of the first n_turns user turns (and the answers between them, by default the
+    reference answers), ending with a user message: what format_conversation renders into a prompt."""
+    turns = conversation["turns"][:n_turns]
+    answers = [a for _, a in turns] if answers is None else answers
+    out = []
+    for i, (question, _) in enumerate(turns):
+        if i:
+            out.append({"role": "assistant", "content": [{"type": "text", "text": answers[i - 1]}]})
+        out.append(user_message(question, int(i == conversation["image_turn"])))
+    return out
+
+
+def render(conversation):
+    """The prompt of every turn ("USER: <image>\\n{q1} ASSISTANT:", "... ASSISTANT: {a1} USER: {q2} ASSISTANT:", ...)
+    and the whole text: the last prompt, the last answer and "</s>". The llava-1.5 template puts no "</s>" between
+    turns; the one after the last answer is what teaches the model to stop."""
+    prompts = [format_conversation(messages(conversation, i + 1)) for i in range(len(conversation["turns"]))]
+    return prompts, prompts[-1] + " " + conversation["turns"][-1][1] + "</s>"
+
+
+def batch(processor, conversations):
+    """Right-padded training batch: ids, labels (-100 except on the answers and the final </s>), pixel_values
+    (None when no conversation of the batch has an image)."""
+    images = [c["image"] for c in conversations if c["image_turn"] is not None]
+    pv = processor.preprocess(images) if images else None
+    expand = "<image>" * (processor.num_image_tokens(*pv.shape[-2:]) if images else 0)
+    encode = lambda t: processor.tokenizer.encode(t.replace("<image>", expand)).ids
+    seqs, labels = [], []
+    for c in conversations:
+        prompts, text = render(c)
+        ids = encode(text)
+        lab = [-100] * len(ids)
+        ends = [len(encode(p + " " + a)) for p, (_, a) in zip(prompts[:-1], c["turns"][:-1])] + [len(ids)]
+        for p, end in zip(prompts, ends):  # the tokens of each answer (+ </s> after the last one)
+            start = len(encode(p))
+            assert ids[:start] == encode(p), "an answer must not change how its prompt tokenizes"
+            lab[start:end] = ids[start:end]
+        seqs.append(ids)
+        labels.append(lab)
+    T = max(map(len, seqs))
+    ids = torch.full((len(seqs), T), processor.pad_token_id)
+    lab = torch.full((len(seqs), T), -100)
+    for i, (s, labelled) in enumerate(zip(seqs, labels)):  # pads go at the end: causal attention never sees them
+        ids[i, :len(s)], lab[i, :len(labelled)] = torch.tensor(s), torch.tensor(labelled)
+    return ids, lab, pv
