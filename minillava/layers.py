@@ -9,7 +9,11 @@ never copied) and compute in the dtype of their input, widening the weight as it
 - `Linear` converts its weight a block of rows at a time into one reused float32 buffer (a few MB, it
   stays in the CPU's cache) and multiplies each block as it is converted. A float16 or bfloat16 value
   converts to float32 exactly, and each output column is the same dot product over the same inputs as
-  in `F.linear(x, w.float(), b)`, so the result is bit-identical to it (tests/test_layers.py checks).
+  in `F.linear(x, w.float(), b)`, so the result is bit-identical to it (tests/test_layers.py checks) as long
+  as the BLAS sums each block's dot products in the order it uses for the whole matrix. It did on this
+  project's machine (torch 2.13, 2 threads); on a 16-thread machine with torch 2.11 a one-token product
+  with 64-row blocks did not. Where bit-exactness on another machine matters, load with
+  weights="materialized".
   A decode step then reads half the bytes of a float32 weight. On a GPU the block is the whole matrix
   (one conversion kernel, then one matrix product).
 - `Embedding` looks rows up in the stored table and converts just those rows.
