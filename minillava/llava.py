@@ -39,7 +39,10 @@ class Llava(nn.Module):
 
     def vision_features(self, pixel_values):
         """(n_images, 3, H, W) -> the selected CLIP hidden states, (n_images, n_tokens, D_vision * n_layers)."""
-        selected = self.vision_tower(pixel_values, self.config.feature_layers)
+        return self.select_features(self.vision_tower(pixel_values, self.config.feature_layers))
+
+    def select_features(self, selected):
+        """The tower's hidden states at config.feature_layers -> what enters the projector."""
         if self.config.vision_feature_select_strategy == "default":
             selected = [h[:, 1:] for h in selected]  # drop the CLS token: 576 patch tokens remain
         return torch.cat(selected, dim=-1)
@@ -104,9 +107,10 @@ class Llava(nn.Module):
         if pixel_values is not None:
             stages["pixel_values"] = pixel_values
             pixel_values = pixel_values.to(self.device)
-            for layer, h in zip(self.config.feature_layers, self.vision_tower(pixel_values, self.config.feature_layers)):
+            hidden = self.vision_tower(pixel_values, self.config.feature_layers)  # the tower runs once
+            for layer, h in zip(self.config.feature_layers, hidden):
                 stages[f"vision_hidden_states.{layer}"] = h
-            stages["vision_features"] = self.vision_features(pixel_values)
+            stages["vision_features"] = self.select_features(hidden)
             stages["image_features"] = image_features = self.multi_modal_projector(stages["vision_features"])
         stages["inputs_embeds"] = self.embed(input_ids, image_features=image_features)
         stages["logits"] = self(inputs_embeds=stages["inputs_embeds"], attention_mask=attention_mask)

@@ -165,8 +165,9 @@ def memory_available(device):
         try:  # a container's own limit (cgroup v2), when lower
             cg = Path("/sys/fs/cgroup")
             limit = (cg / "memory.max").read_text().strip()
-            if limit != "max" and int(limit) - int((cg / "memory.current").read_text()) < free:
-                free, source = int(limit) - int((cg / "memory.current").read_text()), "the cgroup's memory.max"
+            room = int(limit) - int((cg / "memory.current").read_text()) if limit != "max" else free
+            if room < free:
+                free, source = room, "the cgroup's memory.max"
         except (OSError, ValueError):
             pass
         return free, source
