@@ -8,7 +8,7 @@ Three modes (`dtype` is what the model computes in, `weights` how its large matr
 
 - exact float32 in the memory of the file: `dtype="float32", weights="stored"` (the default on a CPU). The
   weights of every Linear and the token embeddings stay float16/bfloat16 as stored, memory-mapped, and are
-  widened to float32 block by block as they are used (layers.py): logits identical to transformers' float32.
+  widened to float32 as they are used (layers.py): logits identical to transformers' float32.
 - float32 materialized: `weights="materialized"` converts every weight at load (twice the memory of a
   float16 file; what a training loop or a probe that needs float32 parameters wants).
 - half precision: `dtype="float16"` or `"bfloat16"` computes in it (the default on a GPU: the checkpoint's
@@ -138,16 +138,15 @@ def memory_needed(model, plan, dtype, device):
 
     weights: every parameter in the dtype `plan` gives it (memory-mapped or copied, it must be resident to run
     at speed); KV cache: KV_POSITIONS positions in `dtype`; activations: one 1024-token forward (the MLP's
-    hidden states, one attention matrix, the logits) + 0.5 GB for torch itself, and on a GPU the float32
-    buffer a widened weight is converted into (layers.py)."""
+    hidden states, one attention matrix, the logits) + 0.5 GB for torch itself, and the buffer the largest
+    stored weight is widened into (layers.py: a prompt converts each weight whole)."""
     params = dict(model.named_parameters())  # tied weights once
     weights = sum(p.numel() * plan[name].itemsize for name, p in params.items())
     t = model.config.text_config
     kv = 2 * t.num_hidden_layers * t.num_key_value_heads * t.head_dim * KV_POSITIONS * dtype.itemsize
     T = KV_POSITIONS
     act = (T * (3 * t.intermediate_size + t.vocab_size) + t.num_attention_heads * T * T) * 4 + 2**29
-    if device.type != "cpu":
-        act += max((p.numel() for n, p in params.items() if plan[n] != dtype), default=0) * dtype.itemsize
+    act += max((p.numel() for n, p in params.items() if plan[n] != dtype), default=0) * dtype.itemsize
     return {"weights": weights, "KV cache": kv, "activations": act}
 
 

@@ -10,6 +10,7 @@ from PIL import Image
 
 from minillava import ImageError
 from minillava.images import load_image
+from tests.helpers import skip_before_convert_rgb_of_5_23
 from tests.helpers.mistakes import photo, raises, save
 
 # ---- images ------------------------------------------------------------------------------------------------
@@ -58,6 +59,23 @@ def hf_pixels(proc_src, image):
     return _hf[proc_src](text="<image>", images=[image], return_tensors="pt")["pixel_values"]
 
 
+def same_pixels_as_transformers(cases, processor, proc_src, tmp_path):
+    """Each image, as a PIL image and as the file it saves to, gives transformers' pixel values exactly."""
+    for name, img in cases.items():
+        save(img, tmp_path / name)
+        for image in (img, str(tmp_path / name)):
+            got = processor.preprocess([image])
+            assert got.shape == (1, 3, 336, 336) and got.isfinite().all() and got.std() > 0.1
+            assert torch.equal(got, hf_pixels(proc_src, image)), name
+
+
+def test_palette_with_transparency(tiny_processor, proc_src, tmp_path):
+    skip_before_convert_rgb_of_5_23()
+    palette = Image.fromarray(photo()).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    palette.info["transparency"] = 3  # one palette entry transparent: composited onto white
+    same_pixels_as_transformers({"palette.png": palette}, tiny_processor, proc_src, tmp_path)
+
+
 def test_unusual_but_valid_images(tiny_processor, proc_src, tmp_path):
     rgb = photo()
     # 16-bit grayscale: scaled to 8 bits (PIL's convert, and so transformers, clips it white)
@@ -68,16 +86,9 @@ def test_unusual_but_valid_images(tiny_processor, proc_src, tmp_path):
         for image in (tmp_path / "gray16.png", img):
             x = load_image(image)
             assert x.dtype == np.uint8 and x.shape == (40, 60, 3) and (x == rgb[..., :1]).all()
-    # CMYK, grayscale, palette + transparency, as transformers makes them (files and PIL images)
-    cases = {"cmyk.jpg": Image.fromarray(rgb).convert("CMYK"), "gray.png": Image.fromarray(rgb).convert("L"),
-             "palette.png": Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)}
-    cases["palette.png"].info["transparency"] = 3
-    for name, img in cases.items():
-        save(img, tmp_path / name)
-        for image in (img, str(tmp_path / name)):
-            got = tiny_processor.preprocess([image])
-            assert got.shape == (1, 3, 336, 336) and got.isfinite().all() and got.std() > 0.1
-            assert torch.equal(got, hf_pixels(proc_src, image)), name
+    # CMYK and grayscale, as transformers makes them (files and PIL images)
+    cases = {"cmyk.jpg": Image.fromarray(rgb).convert("CMYK"), "gray.png": Image.fromarray(rgb).convert("L")}
+    same_pixels_as_transformers(cases, tiny_processor, proc_src, tmp_path)
     gray = load_image(tmp_path / "gray.png")
     assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
     # an animated GIF: the first frame

@@ -147,8 +147,10 @@ def fake_available(monkeypatch, nbytes, source="faked by the test"):
 def test_memory_figures_of_the_7b(sparse_7b):
     stored, materialized = needs(sparse_7b, torch.float32, "stored"), needs(sparse_7b, torch.float32, "materialized")
     half = needs(sparse_7b, torch.float16, "stored")
-    # weights: 14.13 GB float16 (+ a few MB of small tensors in float32) vs 28.25 GB; KV cache 1024 positions
-    assert 14.1e9 + 1.07e9 < stored < 14.2e9 + 1.07e9 + 1e9 and 28.25e9 + 1.07e9 < materialized < 28.3e9 + 2.1e9
+    # weights: 14.13 GB float16 (+ a few MB of small tensors in float32) vs 28.25 GB; KV cache 1024 positions;
+    # stored: + the 0.53 GB buffer the lm_head (32064 x 4096) is widened into
+    assert 14.1e9 + 1.07e9 + 0.52e9 < stored < 14.2e9 + 1.07e9 + 1.6e9
+    assert 28.25e9 + 1.07e9 < materialized < 28.3e9 + 2.1e9 and materialized - stored > 13e9
     assert 14.1e9 + 0.53e9 < half < stored
 
 
