@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from minillava import (
     CheckpointError,
     ConfigError,
+    DeviceError,
     LlavaConfig,
     PromptError,
     load_model,
@@ -143,6 +144,15 @@ def test_load_original_equals_llava_hf(ckpt):
     assert got.shape == want.shape == (1, ids.shape[1], 32064)
     assert want.abs().max() > 1
     assert (got[..., :32000] - want[..., :32000]).abs().max() <= 1e-6
+
+
+def test_load_original_that_cannot_fit_fails_before_reading(monkeypatch, ckpt):
+    from minillava.original import convert
+    monkeypatch.setattr(convert, "memory_available", lambda device: (10**6, "faked by the test"))
+    monkeypatch.setattr(convert, "hub_state", lambda *a: pytest.fail("weights read after a failed check"))
+    with pytest.raises(DeviceError, match=r"needs 0\.\d GB on cpu \(every weight in float32\), 0\.0 GB are available "
+                                          r"\(faked by the test\); convert it once \(minillava convert-original\)"):
+        load_original(ckpt[1], ckpt[2])
 
 
 @torch.no_grad()

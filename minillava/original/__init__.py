@@ -27,6 +27,10 @@ Original mode (`prepare`): the vicuna_v1 conversation with its system prompt and
 answer, the prompt tokenized chunk by chunk around `<image>` (`tokenize_original`), and images padded
 to a square of the mean colour before the usual CLIP resize and crop (the original `expand2square`).
 
+Memory. `load_original` converts every weight to the compute dtype (float32 on a CPU: 28 GB for the 7b) and
+checks first that this fits, failing with a DeviceError before anything is read; `convert_original` once,
+then `minillava.load` of the llava-hf folder keeps the float16 weights as stored (about half).
+
 Pickles: `.bin` files are read only here, only with `torch.load(weights_only=True)`, which refuses
 anything but tensors and plain containers; whatever is not a dict of name -> tensor is refused too.
 """

@@ -22,10 +22,10 @@ from ..checkpoint import (
     write_processor_configs,
 )
 from ..config import LlavaConfig, VisionConfig, read_json
-from ..errors import CheckpointError, ConfigError, TokenizerError
+from ..errors import CheckpointError, ConfigError, DeviceError, TokenizerError
 from ..images import CLIP_MEAN, CLIP_STD
 from ..llava import Llava
-from ..loading import resolve_device, resolve_dtype
+from ..loading import memory_available, memory_needed, resolve_device, resolve_dtype
 
 IMAGE_TOKEN = "<image>"
 # LlamaConfig fields an original config.json carries that belong in llava-hf's text_config
@@ -205,10 +205,24 @@ def load_original(folder, clip_folder, device="cpu", dtype=None):
     dtype = resolve_dtype(dtype, device, config.dtype)
     with torch.device("meta"):
         model = Llava(config)
+    check_memory(model, folder, device, dtype)
     state, origin = hub_state(folder, clip_folder, config)
     check_state(model, state, origin, (folder, clip_folder))
-    assign_weights(model, {k: v.to(device=device, dtype=dtype) for k, v in state.items()})
+    # one tensor at a time: each mapped original is released as soon as its converted copy exists
+    assign_weights(model, {k: state.pop(k).to(device=device, dtype=dtype) for k in list(state)})
     return model.eval()
+
+
+def check_memory(model, folder, device, dtype):
+    """DeviceError before any weight is read when every weight in `dtype` cannot fit (the .bin shards are
+    pickles: nothing stays as stored, unlike a converted llava-hf folder)."""
+    available, source = memory_available(device)
+    need = sum(memory_needed(model, dict.fromkeys(model.state_dict(keep_vars=True), dtype), dtype, device).values())
+    if available is not None and need > available:
+        raise DeviceError(f"{folder}: loading this original checkpoint needs {need / 1e9:.1f} GB on {device} (every "
+                          f"weight in {str(dtype).removeprefix('torch.')}), {available / 1e9:.1f} GB are available "
+                          f"({source}); convert it once (minillava convert-original) and load the llava-hf folder, "
+                          f"whose float16 weights stay as stored under float32: about half the memory. Nothing was loaded.")
 
 
 def convert_original(folder, clip_folder, out_folder, tokenizer=None, dtype=None, max_shard_bytes=5 * 10**9):
