@@ -88,9 +88,8 @@ def original_key(key):
 
 def clip_key(key):
     """openai CLIP key -> llava-hf hub key; None = a part LLaVA does not use."""
-    if key.startswith(CLIP_UNUSED):
-        return None
-    return "vision_tower." + key if key.startswith("vision_model.") else key
+    unused, tower = key.startswith(CLIP_UNUSED), key.startswith("vision_model.")
+    return None if unused else "vision_tower." + key if tower else key
 
 
 # --- config ---------------------------------------------------------------------------------------
@@ -214,15 +213,14 @@ def load_original(folder, clip_folder, device="cpu", dtype=None):
 
 
 def check_memory(model, folder, device, dtype):
-    """DeviceError before any weight is read when every weight in `dtype` cannot fit (the .bin shards are
-    pickles: nothing stays as stored, unlike a converted llava-hf folder)."""
+    """DeviceError, before any weight is read, when every weight converted to `dtype` cannot fit."""
     available, source = memory_available(device)
     need = sum(memory_needed(model, dict.fromkeys(model.state_dict(keep_vars=True), dtype), dtype, device).values())
     if available is not None and need > available:
         raise DeviceError(f"{folder}: loading this original checkpoint needs {need / 1e9:.1f} GB on {device} (every "
-                          f"weight in {str(dtype).removeprefix('torch.')}), {available / 1e9:.1f} GB are available "
-                          f"({source}); convert it once (minillava convert-original) and load the llava-hf folder, "
-                          f"whose float16 weights stay as stored under float32: about half the memory. Nothing was loaded.")
+                          f"weight in {str(dtype)[6:]}), {available / 1e9:.1f} GB are available ({source}); convert it "
+                          "once (minillava convert-original) and load the llava-hf folder: its float16 weights stay as "
+                          "stored under float32, about half the memory. Nothing was loaded.")
 
 
 def convert_original(folder, clip_folder, out_folder, tokenizer=None, dtype=None, max_shard_bytes=5 * 10**9):
