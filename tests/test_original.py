@@ -150,7 +150,7 @@ def test_load_original_that_cannot_fit_fails_before_reading(monkeypatch, ckpt):
     from minillava.original import convert
     monkeypatch.setattr(convert, "memory_available", lambda device: (10**6, "faked by the test"))
     monkeypatch.setattr(convert, "hub_state", lambda *a: pytest.fail("weights read after a failed check"))
-    with pytest.raises(DeviceError, match=r"needs 0\.\d GB on cpu \(every weight in float32\), 0\.0 GB are available "
+    with pytest.raises(DeviceError, match=r"needs 0\.\d GB on cpu \(all float32\), 0\.0 GB are available "
                                           r"\(faked by the test\); convert it once \(minillava convert-original\)"):
         load_original(ckpt[1], ckpt[2])
 

@@ -207,8 +207,7 @@ def load_original(folder, clip_folder, device="cpu", dtype=None):
     check_memory(model, folder, device, dtype)
     state, origin = hub_state(folder, clip_folder, config)
     check_state(model, state, origin, (folder, clip_folder))
-    # one tensor at a time: each mapped original is released as soon as its converted copy exists
-    assign_weights(model, {k: state.pop(k).to(device=device, dtype=dtype) for k in list(state)})
+    assign_weights(model, {k: state.pop(k).to(device=device, dtype=dtype) for k in list(state)})  # one at a time
     return model.eval()
 
 
@@ -217,10 +216,10 @@ def check_memory(model, folder, device, dtype):
     available, source = memory_available(device)
     need = sum(memory_needed(model, dict.fromkeys(model.state_dict(keep_vars=True), dtype), dtype, device).values())
     if available is not None and need > available:
-        raise DeviceError(f"{folder}: loading this original checkpoint needs {need / 1e9:.1f} GB on {device} (every "
-                          f"weight in {str(dtype)[6:]}), {available / 1e9:.1f} GB are available ({source}); convert it "
-                          "once (minillava convert-original) and load the llava-hf folder: its float16 weights stay as "
-                          "stored under float32, about half the memory. Nothing was loaded.")
+        raise DeviceError(f"{folder}: loading this original checkpoint needs {need / 1e9:.1f} GB on {device} (all "
+                          f"{str(dtype)[6:]}), {available / 1e9:.1f} GB are available ({source}); convert it once "
+                          "(minillava convert-original) and load that folder: its float16 weights stay as stored, "
+                          "about half the memory. Nothing was loaded.")
 
 
 def convert_original(folder, clip_folder, out_folder, tokenizer=None, dtype=None, max_shard_bytes=5 * 10**9):
