@@ -13,7 +13,7 @@ from ..chat import format_conversation, user_message
 from . import shapes
 
 # how often each kind of question is asked in stage 2, per turn (the ones that bind colour and shape, more)
-STAGE2_KINDS = {"colour": 2, "shape": 2, "count": 1, "count_of": 1.5, "position": 4, "description": 1.2,
+STAGE2_KINDS = {"colour": 2, "shape": 2, "count": 1, "count_of": 3, "position": 4, "description": 1.2,
                 "exists": 2.5, "absent": 2}
 TURNS = {1: 3, 2: 3, 3: 3, 4: 2, 5: 1}  # relative frequency of each conversation length in stage 2
 NO_IMAGE_SHARE = 0.06  # stage-2 conversations that start with questions asked before any image is given
