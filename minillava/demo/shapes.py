@@ -89,6 +89,7 @@ WITHHELD = {  # never used in training: other ways of asking, to measure general
                     "What is in the photo?"],
     "exists": ["Is {obj} present?", "Does the picture have {obj}?", "Do you notice {obj}?", "Is there {obj} anywhere?"],
 }
+LEAD_INS = ["Now,", "Next question:", "Look at the image:", "One more:", "Okay,"]  # before a trained wording
 NO_IMAGE = "I see no image."  # the answer to any question asked without an image
 IMAGE_SIZE = 96
 SEED_BASE = {"train": 0, "test": 10**9}  # disjoint seed ranges for training and the held-out split
@@ -238,6 +239,7 @@ def trained_texts():
     fills = [dict(shape=s, color=c, what=w, obj=article(o)) for s in SHAPES for c in COLORS
              for w in (f"{c} shapes", s + "s") for o in (f"{c} {s}", s, f"{c} shape")]
     texts = [t.format(**f) for templates in TRAINED.values() for t in templates for f in fills]
+    texts += [f"{lead} {t[0].lower()}{t[1:]}" for lead in LEAD_INS for t in texts[:: max(1, len(texts) // 200)]]
     texts += list(COLORS) + SHAPES + NUMBERS + [p for row in POSITIONS for p in row] + ["Yes.", "No.", NO_IMAGE]
     texts += [f"There is no {x}." for x in SHAPES + [f"{c} {s}" for c in COLORS for s in SHAPES + ["shape"]]]
     texts += [describe([dict(color=c, shape=s, position=p)]) for c in COLORS for s in SHAPES for p in PHRASES]
