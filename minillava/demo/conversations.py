@@ -13,7 +13,7 @@ from ..chat import format_conversation, user_message
 from . import shapes
 
 # how often each kind of question is asked in stage 2, per turn (the ones that bind colour and shape, more)
-STAGE2_KINDS = {"colour": 2, "shape": 2, "count": 1, "count_of": 1.5, "position": 4, "description": 1.2,
+STAGE2_KINDS = {"colour": 2, "shape": 2, "count": 1, "count_of": 3, "position": 4, "description": 1.2,
                 "exists": 2.5, "absent": 2}
 TURNS = {1: 3, 2: 3, 3: 3, 4: 2, 5: 1}  # relative frequency of each conversation length in stage 2
 NO_IMAGE_SHARE = 0.06  # stage-2 conversations that start with questions asked before any image is given
@@ -21,6 +21,9 @@ NO_IMAGE_SHARE = 0.06  # stage-2 conversations that start with questions asked b
 # In natural scenes most position questions can be answered from the colour or the shape alone; without
 # these the model never learns to bind the two and answers with the place of another green shape.
 CONFUSABLE = 0.5
+WORD_DROP, LEAD_IN = 0.2, 0.1  # shares of stage-2 questions varied by `vary`
+KEY_WORDS = {*shapes.COLORS, *shapes.SHAPES, *(s + "s" for s in shapes.SHAPES), "shape", "shapes", "color", "colour",
+             "how", "many", "where", "count", "number", "describe", "position"}
 
 
 def draw(rng, stage):
@@ -46,9 +49,26 @@ def draw(rng, stage):
         kind = rng.choices(list(STAGE2_KINDS), list(STAGE2_KINDS.values()))[0]
         qa = shapes.ask(rng, objects, kind)
         if qa and qa[0] not in [q for q, _ in turns] and not (kind == "count" and "count" in kinds):
-            turns.append(qa)
+            turns.append((vary(rng, qa[0]), qa[1]))
             kinds.append(kind)
     return dict(image=image, turns=turns, kinds=kinds, image_turn=image_turn)
+
+
+def vary(rng, question):
+    """A trained wording, sometimes varied so that the model keys on the words that carry the question (a
+    colour, a shape, "how many", "where", "is there") rather than on the exact template: one word dropped
+    (never the first word, a colour, a shape or another KEY_WORDS), or a lead-in (shapes.LEAD_INS) before it."""
+    words = question.split()
+    r = rng.random()
+    if r < WORD_DROP and len(words) > 3:
+        droppable = [i for i, w in enumerate(words) if i and w.strip("?.,").lower() not in KEY_WORDS]
+        i = rng.choice(droppable)
+        words = words[:i] + words[i + 1:]
+        question = " ".join(words)
+        question = question[0].upper() + question[1:]
+    elif r < WORD_DROP + LEAD_IN:
+        question = rng.choice(shapes.LEAD_INS) + " " + question[0].lower() + question[1:]
+    return question
 
 
 def batches(rng, stage, batch_size, pool=8):

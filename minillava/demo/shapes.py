@@ -40,25 +40,39 @@ KINDS = ["colour", "shape", "count", "count_of", "position", "description", "exi
 TRAINED = {
     "colour": ["What color is the {shape}?", "What colour is the {shape}?", "Which color is the {shape}?",
                "What is the color of the {shape}?", "What color does the {shape} have?", "Tell me the color of the {shape}.",
-               "What color is the {shape} in the image?", "The {shape} is what color?", "What colour is the {shape} here?"],
+               "What color is the {shape} in the image?", "The {shape} is what color?", "What colour is the {shape} here?",
+               "What's the color of the {shape}?", "In which color is the {shape} drawn?", "What color has the {shape}?",
+               "Please tell me what color the {shape} is.", "Do you know the color of the {shape}?"],
     "shape": ["What shape is the {color} object?", "Which shape is {color}?", "What is the {color} shape?",
               "What shape is {color}?", "What kind of shape is the {color} one?", "Tell me the shape of the {color} object.",
-              "What is the shape of the {color} object?", "Which shape is the {color} one?"],
+              "What is the shape of the {color} object?", "Which shape is the {color} one?", "What's the {color} shape?",
+              "Which shape is drawn in {color}?", "What is the {color} thing?", "Please tell me which shape is {color}.",
+              "Which object is {color}?"],
     "count": ["How many shapes are there?", "How many shapes are in the image?", "How many objects can you see?",
               "How many objects are there?", "Count the shapes.", "How many shapes do you see?",
-              "What is the number of shapes?", "How many things are in the picture?"],
+              "What is the number of shapes?", "How many things are in the picture?", "How many shapes are shown?",
+              "How many shapes does the picture show?", "What's the number of objects?", "Please count the objects.",
+              "How many shapes can be seen?"],
     "count_of": ["How many {what} are there?", "How many {what} are in the image?", "How many {what} can you see?",
                  "Count the {what}.", "How many {what} do you see?", "What is the number of {what}?",
-                 "How many {what} are in the picture?", "How many {what} are shown?"],
+                 "How many {what} are in the picture?", "How many {what} are shown?", "How many {what} can be seen?",
+                 "What's the number of {what}?", "Please count the {what}.", "How many {what} are drawn?",
+                 "Give me the number of {what}."],
     "position": ["Where is the {color} {shape}?", "Where is the {color} {shape} in the image?",
                  "Where is the {color} {shape} located?", "Where can I find the {color} {shape}?",
                  "What is the position of the {color} {shape}?", "In which part of the image is the {color} {shape}?",
-                 "Where's the {color} {shape}?", "Tell me where the {color} {shape} is."],
+                 "Where's the {color} {shape}?", "Tell me where the {color} {shape} is.",
+                 "Where is the {color} {shape} drawn?", "In what part of the picture is the {color} {shape}?",
+                 "Find the {color} {shape}.", "Where does the {color} {shape} appear?", "Where is the {color} {shape} placed?"],
     "description": ["Describe the image.", "Describe the image in one sentence.", "What is in the image?",
                     "What is shown here?", "What is in this picture?", "What do you see?", "Describe this picture.",
-                    "What does the image show?", "Tell me what is in the image."],
+                    "What does the image show?", "Tell me what is in the image.", "Describe what you see.",
+                    "What does this picture show?", "Please describe the image.", "What's in the picture?",
+                    "Tell me about the image."],
     "exists": ["Is there {obj}?", "Is there {obj} in the image?", "Do you see {obj}?", "Can you see {obj}?",
-               "Is {obj} shown?", "Does the image contain {obj}?", "Is there {obj} in the picture?", "Is there {obj} here?"],
+               "Is {obj} shown?", "Does the image contain {obj}?", "Is there {obj} in the picture?", "Is there {obj} here?",
+               "Is {obj} in the image?", "Do you see {obj} in the picture?", "Can {obj} be seen?", "Does the image show {obj}?",
+               "Is {obj} visible?"],
 }
 WITHHELD = {  # never used in training: other ways of asking, to measure generalisation
     "colour": ["Can you tell me the color of the {shape}?", "Which colour does the {shape} have?",
@@ -75,6 +89,7 @@ WITHHELD = {  # never used in training: other ways of asking, to measure general
                     "What is in the photo?"],
     "exists": ["Is {obj} present?", "Does the picture have {obj}?", "Do you notice {obj}?", "Is there {obj} anywhere?"],
 }
+LEAD_INS = ["Now,", "Next question:", "Look at the image:", "One more:", "Okay,"]  # before a trained wording
 NO_IMAGE = "I see no image."  # the answer to any question asked without an image
 IMAGE_SIZE = 96
 SEED_BASE = {"train": 0, "test": 10**9}  # disjoint seed ranges for training and the held-out split
@@ -224,6 +239,7 @@ def trained_texts():
     fills = [dict(shape=s, color=c, what=w, obj=article(o)) for s in SHAPES for c in COLORS
              for w in (f"{c} shapes", s + "s") for o in (f"{c} {s}", s, f"{c} shape")]
     texts = [t.format(**f) for templates in TRAINED.values() for t in templates for f in fills]
+    texts += [f"{lead} {t[0].lower()}{t[1:]}" for lead in LEAD_INS for t in texts[:: max(1, len(texts) // 200)]]
     texts += list(COLORS) + SHAPES + NUMBERS + [p for row in POSITIONS for p in row] + ["Yes.", "No.", NO_IMAGE]
     texts += [f"There is no {x}." for x in SHAPES + [f"{c} {s}" for c in COLORS for s in SHAPES + ["shape"]]]
     texts += [describe([dict(color=c, shape=s, position=p)]) for c in COLORS for s in SHAPES for p in PHRASES]

@@ -51,7 +51,7 @@ CONFIG = {
                     "rms_norm_eps": 1e-5, "vocab_size": None, "bos_token_id": 1, "eos_token_id": 2},
 }
 # steps of batch 32: stage 0 (tower), stage 1 (captions), stage 2 (conversations), of which the last part decays
-STEPS = {"tower": 2500, "captions": 300, "conversations": 3400, "decay": 900}
+STEPS = {"tower": 2500, "captions": 300, "conversations": 4200, "decay": 1200}
 EVAL_EVERY = 500  # steps between two points of the training curve
 
 
