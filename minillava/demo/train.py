@@ -1,6 +1,6 @@
 """Train the embedded demo: a tiny LLaVA that answers questions about drawn shapes (minillava/demo/shapes.py).
 
-    python -m minillava.demo.train                         # into runs/demo-<date>; ~45 minutes on 2 CPU cores
+    python -m minillava.demo.train                         # into runs/demo-<date>; ~30 minutes on 2 CPU cores
     python -m minillava.demo.train --replace-demo          # into minillava/demo, the shipped checkpoint
     python -m minillava.demo.train --eval minillava/demo   # the held-out evaluation (minillava/demo/evaluate.py)
 
