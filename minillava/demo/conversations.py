@@ -56,16 +56,14 @@ def draw(rng, stage):
 
 def vary(rng, question):
     """A trained wording, sometimes varied so that the model keys on the words that carry the question (a
-    colour, a shape, "how many", "where", "is there") rather than on the exact template: one word dropped
-    (never the first word, a colour, a shape or another KEY_WORDS), or a lead-in (shapes.LEAD_INS) before it."""
+    colour, a shape, "how many", "where", the first word) rather than on the exact template: one word dropped
+    (never the first word, which keeps its capital, nor one of KEY_WORDS), or a lead-in (shapes.LEAD_INS) before it."""
     words = question.split()
     r = rng.random()
     if r < WORD_DROP and len(words) > 3:
         droppable = [i for i, w in enumerate(words) if i and w.strip("?.,").lower() not in KEY_WORDS]
         i = rng.choice(droppable)
-        words = words[:i] + words[i + 1:]
-        question = " ".join(words)
-        question = question[0].upper() + question[1:]
+        question = " ".join(words[:i] + words[i + 1:])
     elif r < WORD_DROP + LEAD_IN:
         question = rng.choice(shapes.LEAD_INS) + " " + question[0].lower() + question[1:]
     return question
