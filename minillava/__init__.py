@@ -17,6 +17,7 @@ from .errors import (
     MinillavaError,
     PromptError,
     TokenizerError,
+    TrainingError,
 )
 from .generation import ChatSession, generate, stream
 from .llava import Llava
@@ -26,4 +27,5 @@ from .verify import verify
 
 __all__ = ["load", "load_model", "generate", "stream", "ChatSession", "Llava", "Processor", "LlavaConfig",
            "TextConfig", "VisionConfig", "compare", "verify", "MinillavaError", "ConfigError", "CheckpointError",
-           "TokenizerError", "ImageError", "PromptError", "GenerationError", "DeviceError", "CompareError", "DEMO"]
+           "TokenizerError", "ImageError", "PromptError", "GenerationError", "DeviceError", "CompareError", "TrainingError",
+           "DEMO"]

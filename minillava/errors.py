@@ -42,3 +42,8 @@ class DeviceError(MinillavaError):
 class CompareError(MinillavaError, ValueError):
     """Two stage dumps cannot be compared: a file that is not a safetensors dump, a stage missing from one
     side, stages whose shapes differ, a malformed name mapping."""
+
+
+class TrainingError(MinillavaError, ValueError):
+    """A training record or setting is unusable: the record (by its id) and what is wrong with it, an image
+    file it names that cannot be read, a format or stage that does not exist, weights that cannot be trained."""
