@@ -9,7 +9,8 @@ transformers/utils/chat_template_utils.py, `_cached_compile_jinja_template` and 
 - a sandboxed, immutable Jinja environment (templates come from the internet), `trim_blocks` and
   `lstrip_blocks` on, the `loopcontrols` extension ({% break %}, {% continue %});
 - the `{% generation %}...{% endgeneration %}` tag, which marks assistant text for training masks and
-  renders its body unchanged;
+  renders its body unchanged; `render(..., spans=True)` also returns where each such body lands in the
+  prompt, the character spans transformers turns into `assistant_masks` (minillava/training.py);
 - the helpers templates call: `raise_exception(message)`, `strftime_now(format)`, and a `tojson` filter
   that keeps non-ASCII characters and does not escape HTML;
 - the variables: `messages`, `add_generation_prompt`, `tools` and `documents` (None), and the special
@@ -23,6 +24,7 @@ check that both render the same prompts.
 """
 import dataclasses
 import json
+from contextvars import ContextVar
 from datetime import datetime
 from functools import lru_cache
 
@@ -33,9 +35,14 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .errors import PromptError
 
+# While render(..., spans=True) runs: (the blocks rendered so far, the spans found so far)
+_TRACKER = ContextVar("generation_spans", default=None)
+
 
 class GenerationTag(Extension):
-    """{% generation %}body{% endgeneration %} renders `body` (transformers uses it to find assistant text)."""
+    """{% generation %}body{% endgeneration %} renders `body`. Under render(..., spans=True) it also records
+    the character span the body fills in the prompt: transformers' AssistantTracker
+    (utils/chat_template_utils.py), whose spans become `assistant_masks`."""
     tags = {"generation"}
 
     def parse(self, parser):
@@ -44,7 +51,12 @@ class GenerationTag(Extension):
         return jinja2.nodes.CallBlock(self.call_method("_render"), [], [], body).set_lineno(lineno)
 
     def _render(self, caller):
-        return caller()
+        body = caller()
+        if (tracker := _TRACKER.get()) is not None:
+            blocks, spans = tracker
+            start = sum(map(len, blocks))  # everything before this block has been yielded (Template.generate)
+            spans.append((start, start + len(body)))
+        return body
 
 
 def _raise_exception(message):
@@ -73,8 +85,9 @@ def is_batch(conversation):
     return isinstance(conversation, (list, tuple)) and len(conversation) > 0 and isinstance(conversation[0], (list, tuple))
 
 
-def render(template, conversation, add_generation_prompt=False, special_tokens=None, **kwargs):
-    """One conversation (a list of {"role", "content"} messages) -> the prompt string `template` renders."""
+def render(template, conversation, add_generation_prompt=False, special_tokens=None, spans=False, **kwargs):
+    """One conversation (a list of {"role", "content"} messages) -> the prompt string `template` renders;
+    spans=True: (prompt, [(start, end) of each {% generation %} block's text in the prompt])."""
     if not isinstance(conversation, (list, tuple)) or not all(isinstance(m, dict) for m in conversation):
         raise PromptError(f"a conversation must be a list of message dicts, got {conversation!r:.80}")
     messages = [_plain({k: v for k, v in m.items() if v is not None}) for m in conversation]
@@ -84,18 +97,23 @@ def render(template, conversation, add_generation_prompt=False, special_tokens=N
                              else c["image_url"]} if isinstance(c, dict) and c.get("type") == "image_url" and
                             "image_url" in c else c for c in m["content"]]
     variables = {**{k: v for k, v in (special_tokens or {}).items() if v is not None}, **_plain(kwargs)}
-    try:
-        prompt = compile_template(template).render(messages=messages, tools=None, documents=None,
-                                                   add_generation_prompt=add_generation_prompt, **variables)
+    blocks, found = [], []
+    token = _TRACKER.set((blocks, found) if spans else None)
+    try:  # generate() yields the output block by block: the generation tag measures where it stands
+        blocks.extend(compile_template(template).generate(messages=messages, tools=None, documents=None,
+                                                          add_generation_prompt=add_generation_prompt, **variables))
+        prompt = "".join(blocks)
     except jinja2.exceptions.TemplateError as e:  # raise_exception(), or a template that breaks on this input
         raise PromptError(f"the chat template refused the conversation: {e}") from None
+    finally:
+        _TRACKER.reset(token)
     for i, m in enumerate(messages):  # a template that reads content as a list drops a plain string silently
         content = m.get("content")
         if isinstance(content, str) and content.strip() and content.strip() not in prompt:
             raise PromptError(f"message {i}: its text {content.strip()!r:.60} is not in the prompt the chat template "
                               f"rendered; this template reads content as a list: write it as "
                               f"[{{'type': 'text', 'text': ...}}]")
-    return prompt
+    return (prompt, found) if spans else prompt
 
 
 def _plain(value):
