@@ -7,8 +7,7 @@ renders a chat for the model at inference, so training and use see the very same
 """
 import random
 
-import torch
-
+from .. import training
 from ..chat import format_conversation, user_message
 from . import shapes
 
@@ -112,27 +111,17 @@ def render(conversation):
 
 
 def batch(processor, conversations):
-    """Right-padded training batch: ids, labels (-100 except on the answers and the final </s>), pixel_values
-    (None when no conversation of the batch has an image)."""
+    """Right-padded training batch: ids, labels (-100 except on each answer, with the space before it, and the final
+    </s>), pixel_values (None when no conversation of the batch has an image). minillava.training.encode makes the
+    labels from the characters of the answers in the rendered text, as it does for every training format."""
     images = [c["image"] for c in conversations if c["image_turn"] is not None]
     pv = processor.preprocess(images) if images else None
-    expand = "<image>" * (processor.num_image_tokens(*pv.shape[-2:]) if images else 0)
-    encode = lambda t: processor.tokenizer.encode(t.replace("<image>", expand)).ids
-    seqs, labels = [], []
+    n = processor.num_image_tokens(*pv.shape[-2:]) if images else 0
+    rows = []
     for c in conversations:
         prompts, text = render(c)
-        ids = encode(text)
-        lab = [-100] * len(ids)
-        ends = [len(encode(p + " " + a)) for p, (_, a) in zip(prompts[:-1], c["turns"][:-1])] + [len(ids)]
-        for p, end in zip(prompts, ends):  # the tokens of each answer (+ </s> after the last one)
-            start = len(encode(p))
-            assert ids[:start] == encode(p), "an answer must not change how its prompt tokenizes"
-            lab[start:end] = ids[start:end]
-        seqs.append(ids)
-        labels.append(lab)
-    T = max(map(len, seqs))
-    ids = torch.full((len(seqs), T), processor.pad_token_id)
-    lab = torch.full((len(seqs), T), -100)
-    for i, (s, labelled) in enumerate(zip(seqs, labels)):  # pads go at the end: causal attention never sees them
-        ids[i, :len(s)], lab[i, :len(labelled)] = torch.tensor(s), torch.tensor(labelled)
-    return ids, lab, pv
+        spans = [(len(p), len(p) + len(" " + a)) for p, (_, a) in zip(prompts, c["turns"])]  # each prompt ends "ASSISTANT:"
+        spans[-1] = (spans[-1][0], len(text))  # the last answer and the "</s>" after it
+        rows.append(training.encode(processor, text, spans, n))
+    out = training.collate(processor, rows, pv)
+    return out["input_ids"], out["labels"], out["pixel_values"]

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .. import training
 from ..checkpoint import padded_vocab_size, save_weights, write_json, write_processor_configs
 from ..config import LlavaConfig
 from ..llava import Llava
@@ -151,7 +152,7 @@ def train(out, steps=STEPS, batch_size=32, lr=1e-3, seed=0):
             g["lr"] = lr * scale
         ids, labels, pv = conversations.batch(processor, next(source[stage]))
         logits = model(ids, pv)  # (B, T, vocab)
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+        loss = training.loss(logits, labels)  # on the labelled tokens: the answers
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
