@@ -230,9 +230,9 @@ def chat_inputs(processor, template, conversation, add_generation_prompt=False, 
                 return_assistant_tokens_mask=False, **kwargs):
     """What transformers' `processor.apply_chat_template(conversation, tokenize=True, return_dict=True,
     return_assistant_tokens_mask=True, return_tensors="pt")` returns: input_ids, attention_mask, pixel_values (when
-    the conversation carries images: the "image", "url", "path" of each image item, in order), assistant_masks
-    (1 on each token overlapping a {% generation %} block). A list of conversations is padded as the processor
-    pads. return_dict=False: input_ids alone."""
+    the conversation carries images: each image item's "image", "url", "path" or "base64", an image_url item's url),
+    assistant_masks (1 on each token overlapping a {% generation %} block). A list of conversations is padded as
+    the processor pads. return_dict=False: input_ids alone."""
     conversations = conversation if is_batch(conversation) else [conversation]
     texts, spans, images = [], [], []
     for c in conversations:
@@ -242,9 +242,11 @@ def chat_inputs(processor, template, conversation, add_generation_prompt=False, 
                               f"tokenize=True would add a second one: render with tokenize=False and tokenize without it")
         texts.append(text)
         spans.append(found)
-        images += [item[key] for m in c if isinstance(m, dict) and isinstance(m.get("content"), list)
-                   for item in m["content"] if isinstance(item, dict) and item.get("type") == "image"
-                   for key in ("image", "url", "path", "base64") if key in item]
+        for item in [i for m in c if isinstance(m, dict) and isinstance(m.get("content"), list) for i in m["content"]]:
+            if isinstance(item, dict) and item.get("type") == "image":  # where transformers looks (processing_utils.py)
+                images += [item[key] for key in ("image", "url", "path", "base64") if key in item]
+            elif isinstance(item, dict) and item.get("type") == "image_url" and "image_url" in item:  # OpenAI style
+                images.append(item["image_url"].get("url", "") if isinstance(item["image_url"], dict) else item["image_url"])
     out = processor(text=texts if is_batch(conversation) else texts[0], images=images or None)
     if not return_dict:
         return out["input_ids"]
@@ -274,13 +276,11 @@ def loss(logits, labels, num_items_in_batch=None):
 
 def trainable(model, stage):
     """Freeze the model but for what LLaVA-1.5 trains in `stage`, and return those parameters for the optimizer.
-    Stage 1 (feature alignment): the projector only. Stage 2 (instruction tuning): the projector and the whole
-    decoder (embeddings and lm_head included). The vision tower is frozen in both (scripts/v1_5/pretrain.sh,
-    finetune.sh: --tune_mm_mlp_adapter; --freeze_backbone false, the tower never unfrozen).
-
-    The weights must be held in the dtype the model computes in: a float16/bfloat16 checkpoint loaded in
-    float32 with weights="stored" (the CPU default) keeps its matrices as stored, which an optimizer cannot
-    update exactly. Load it with weights="materialized" to train in float32."""
+    Stage 1: the projector (scripts/v1_5/pretrain.sh, --tune_mm_mlp_adapter). Stage 2: the projector and the whole
+    decoder, embeddings and lm_head included (finetune.sh). The vision tower is frozen in both.
+    The weights to train must be held in the dtype the model computes in: a float16/bfloat16 checkpoint loaded in
+    float32 with weights="stored" (the CPU default) keeps its matrices as stored, which an optimizer cannot update
+    exactly; load it with weights="materialized"."""
     if stage not in (1, 2):
         raise TrainingError(f"stage {stage!r}, expected 1 (the projector) or 2 (the projector and the decoder)")
     parts = ["multi_modal_projector"] + (["language_model"] if stage == 2 else [])

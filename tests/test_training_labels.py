@@ -164,11 +164,14 @@ def chat(rng, with_images=True):
 
 
 @pytest.mark.parametrize("folder", ["llama2", "demo"])
-def test_apply_chat_template_with_assistant_masks_equals_transformers(folder, llama_folder):
+def test_apply_chat_template_with_assistant_masks_equals_transformers(folder, llama_folder, images):
     folder = llama_folder if folder == "llama2" else minillava.DEMO
     ours, theirs = Processor.from_pretrained(folder), AutoProcessor.from_pretrained(folder)
     rng = random.Random(1)
     convs = [chat(rng, with_images=i % 3 != 0) for i in range(120)]
+    first_question = next(m for m in convs[0] if m["role"] == "user")
+    first_question["content"] += [{"type": "image", "path": str(images / "tall.png")},  # images given as files
+                                  {"type": "image_url", "image_url": {"url": str(images / "wide.png")}}]
     kwargs = dict(tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
     seen = []
     for c in convs + [convs[:5]]:  # one by one, then a batch (padded as the folder pads)
