@@ -14,7 +14,7 @@ def test_every_exception_is_exported_and_derives_from_minillava_error():
     import minillava.errors as errors
     defined = {name for name, obj in vars(errors).items() if isinstance(obj, type) and issubclass(obj, Exception)}
     assert defined == {"MinillavaError", "ConfigError", "CheckpointError", "TokenizerError", "ImageError",
-                       "PromptError", "GenerationError", "DeviceError", "CompareError"}
+                       "PromptError", "GenerationError", "DeviceError", "CompareError", "TrainingError"}
     for name in defined:
         assert getattr(minillava, name) is getattr(errors, name) and name in minillava.__all__
         assert issubclass(getattr(errors, name), errors.MinillavaError)
