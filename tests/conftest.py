@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from minillava import Processor, load_model
+from minillava import Processor, load_model, testing
 from tests.helpers import checkpoints as C
 from tests.helpers.mistakes import IMAGE_ID, TEXT, VISION
 from tests.helpers.tokenizer_files import write_processor_files
@@ -47,3 +47,12 @@ def proc(proc_src, tmp_path):
 @pytest.fixture(scope="session")
 def tiny_processor(proc_src):
     return Processor.from_pretrained(proc_src)
+
+
+@pytest.fixture(scope="session")
+def record_images(tmp_path_factory):
+    """The image folder of LLaVA training records (tests/test_training_*.py): wide.png 90 x 40, tall.png 40 x 70."""
+    folder = tmp_path_factory.mktemp("record_images")
+    testing.image(seed=1, size=(90, 40)).save(folder / "wide.png")
+    testing.image(seed=2, size=(40, 70)).save(folder / "tall.png")
+    return folder

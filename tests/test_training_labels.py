@@ -43,14 +43,6 @@ def caption(rng, i):
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("images")
-    testing.image(seed=1, size=(90, 40)).save(folder / "wide.png")
-    testing.image(seed=2, size=(40, 70)).save(folder / "tall.png")
-    return folder
-
-
-@pytest.fixture(scope="module")
 def llama_folder(tmp_path_factory):
     """A llava-hf processor folder with the real Llama-2 tokenizer, small images (16 image tokens)."""
     return write_processor_files(tmp_path_factory.mktemp("llava") / "llava", config=True, image_size=56)
@@ -75,14 +67,14 @@ def rows(out):
 
 
 @pytest.mark.parametrize("name", ["llama2-legacy", "llama2-nonlegacy", "demo"])
-def test_plain_and_vicuna_v1_equal_the_original_recipe(name, llama_folder, images):
+def test_plain_and_vicuna_v1_equal_the_original_recipe(name, llama_folder, record_images):
     processor, encode, legacy = setting(name, llama_folder)
     rng = random.Random(0)
     for format, records in [("vicuna_v1", [record(rng, i) for i in range(96)]),
                             ("plain", [caption(rng, i) for i in range(32)])]:
         for start in range(0, len(records), 8):
             chunk = records[start:start + 8]
-            out = training.batch(processor, chunk, image_folder=images, format=format)
+            out = training.batch(processor, chunk, image_folder=record_images, format=format)
             n = processor.num_image_tokens(*out["pixel_values"].shape[-2:])
             for r, (ids, labels) in zip(chunk, rows(out)):
                 want_ids, want_labels, mismatch = original(r, format, encode, processor.bos_token_id, legacy, n,
@@ -164,14 +156,14 @@ def chat(rng, with_images=True):
 
 
 @pytest.mark.parametrize("folder", ["llama2", "demo"])
-def test_apply_chat_template_with_assistant_masks_equals_transformers(folder, llama_folder, images):
+def test_apply_chat_template_with_assistant_masks_equals_transformers(folder, llama_folder, record_images):
     folder = llama_folder if folder == "llama2" else minillava.DEMO
     ours, theirs = Processor.from_pretrained(folder), AutoProcessor.from_pretrained(folder)
     rng = random.Random(1)
     convs = [chat(rng, with_images=i % 3 != 0) for i in range(120)]
     first_question = next(m for m in convs[0] if m["role"] == "user")
-    first_question["content"] += [{"type": "image", "path": str(images / "tall.png")},  # images given as files
-                                  {"type": "image_url", "image_url": {"url": str(images / "wide.png")}}]
+    first_question["content"] += [{"type": "image", "path": str(record_images / "tall.png")},  # images given as files
+                                  {"type": "image_url", "image_url": {"url": str(record_images / "wide.png")}}]
     kwargs = dict(tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
     seen = []
     for c in convs + [convs[:5]]:  # one by one, then a batch (padded as the folder pads)
@@ -186,19 +178,19 @@ def test_apply_chat_template_with_assistant_masks_equals_transformers(folder, ll
     assert torch.equal(ours.apply_chat_template(convs[1], tokenize=True), want)
 
 
-def test_template_format_labels_are_transformers_assistant_masks(llama_folder, images):
+def test_template_format_labels_are_transformers_assistant_masks(llama_folder, record_images):
     """batch(format="template") on records: labels = ids where transformers' assistant_masks are 1."""
     processor, reference = Processor.from_pretrained(llama_folder), AutoProcessor.from_pretrained(llama_folder)
     rng = random.Random(2)
     records = [record(rng, i) for i in range(40)]
-    out = training.batch(processor, records, image_folder=images, format="template")
+    out = training.batch(processor, records, image_folder=record_images, format="template")
     for r, (ids, labels) in zip(records, rows(out)):
         messages = []
         for turn in r["conversations"]:
             value = turn["value"]
             content = [{"type": "text", "text": value.replace("<image>", "").strip() if "<image>" in value else value}]
             if "<image>" in value:
-                content.insert(0, {"type": "image", "path": str(images / r["image"])})
+                content.insert(0, {"type": "image", "path": str(record_images / r["image"])})
             messages.append({"role": training.ROLES[turn["from"]], "content": content})
         want = reference.apply_chat_template(messages, tokenize=True, return_dict=True,
                                              return_assistant_tokens_mask=True, return_tensors="pt")
@@ -220,30 +212,30 @@ def test_transformers_masks_the_next_user_and_never_an_eos():
     assert labelled["vicuna_v1"] == ["▁green", "</s>", "▁two", "</s>"]
 
 
-def test_images_are_padded_to_a_square_as_llava_trained(llama_folder, images):
+def test_images_are_padded_to_a_square_as_llava_trained(llama_folder, record_images):
     processor = Processor.from_pretrained(llama_folder)
     r = {"id": "w", "image": "wide.png", "conversations": [H("<image>\nWhat is this?"), G("A test picture.")]}
     padded = copy.copy(processor)
     padded.image_config = {**processor.image_config, "do_pad": True}
-    got = training.batch(processor, [r], image_folder=images)["pixel_values"]
-    assert torch.equal(got, padded.preprocess(images / "wide.png"))
-    own = training.batch(processor, [r], image_folder=images, pad_images=False)["pixel_values"]
-    assert torch.equal(own, processor.preprocess(images / "wide.png"))  # the folder's: resize and center crop
+    got = training.batch(processor, [r], image_folder=record_images)["pixel_values"]
+    assert torch.equal(got, padded.preprocess(record_images / "wide.png"))
+    own = training.batch(processor, [r], image_folder=record_images, pad_images=False)["pixel_values"]
+    assert torch.equal(own, processor.preprocess(record_images / "wide.png"))  # the folder's: resize and center crop
     assert not torch.equal(got, own)
 
 
-def test_batches_are_right_padded_and_cut_at_max_length(llama_folder, images):
+def test_batches_are_right_padded_and_cut_at_max_length(llama_folder, record_images):
     processor = Processor.from_pretrained(llama_folder)
     short = {"id": "short", "conversations": [H("Hi"), G("Yes")]}
     long = {"id": "long", "image": "tall.png", "conversations": [H("<image>\nDescribe it."), G("A picture " * 20)]}
-    out = training.batch(processor, [short, long], image_folder=images)
+    out = training.batch(processor, [short, long], image_folder=record_images)
     n = int(out["attention_mask"][0].sum())
     assert out["attention_mask"][0, :n].all() and not out["attention_mask"][0, n:].any()
     assert (out["input_ids"][0, n:] == processor.pad_token_id).all() and (out["labels"][0, n:] == -100).all()
-    cut = training.batch(processor, [short, long], image_folder=images, max_length=60)
+    cut = training.batch(processor, [short, long], image_folder=record_images, max_length=60)
     assert cut["input_ids"].shape[1] == 60 and torch.equal(cut["labels"][1], out["labels"][1, :60])
     with pytest.raises(TrainingError, match="'long'.*cut into its image"):
-        training.batch(processor, [long], image_folder=images, max_length=40)
+        training.batch(processor, [long], image_folder=record_images, max_length=40)
 
 
 @pytest.mark.parametrize("record, message", [
@@ -260,21 +252,21 @@ def test_batches_are_right_padded_and_cut_at_max_length(llama_folder, images):
     ({"id": "k", "image": "wide.png", "conversations": [H("Hi"), G("Yes")]}, "'k'.*0 <image> markers"),
     ({"id": "l", "conversations": [H("Hi"), {"from": "system", "value": "x"}]}, "'l'.*turn 1: expected"),
 ])
-def test_bad_records_are_refused_by_name(record, message, images):
-    (images / "broken.png").write_bytes(b"not a png")
+def test_bad_records_are_refused_by_name(record, message, record_images):
+    (record_images / "broken.png").write_bytes(b"not a png")
     processor = Processor.from_pretrained(minillava.DEMO)
     good = {"id": "ok", "conversations": [H("Hi"), G("Hello")]}
     with pytest.raises(TrainingError, match=message):
-        training.batch(processor, [good, record], image_folder=images)
+        training.batch(processor, [good, record], image_folder=record_images)
 
 
-def test_bad_settings_are_refused(images):
+def test_bad_settings_are_refused(record_images):
     processor = Processor.from_pretrained(minillava.DEMO)
     good = {"id": "ok", "image": "wide.png", "conversations": [H("<image>\nHi"), G("Hello"), H("And?"), G("No")]}
     with pytest.raises(TrainingError, match="format 'llava'"):
         training.batch(processor, [good], format="llava")
     with pytest.raises(TrainingError, match="'ok'.*plain format.*got 4 turns"):
-        training.batch(processor, [good], image_folder=images, format="plain")
+        training.batch(processor, [good], image_folder=record_images, format="plain")
     with pytest.raises(TrainingError, match="non-empty list"):
         training.batch(processor, [])
     bos_first = "{{ bos_token }}{% for m in messages %}{{ m['content'][0]['text'] }}{% endfor %}"

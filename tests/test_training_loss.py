@@ -21,14 +21,6 @@ RECORDS = [  # different lengths, two images of other shapes, one record without
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("images")
-    testing.image(seed=1, size=(80, 50)).save(folder / "wide.png")
-    testing.image(seed=2, size=(40, 70)).save(folder / "tall.png")
-    return folder
-
-
-@pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
     """variant -> (minillava model, processor, transformers model) on one tiny checkpoint, built once."""
     cache = {}
@@ -50,12 +42,12 @@ CASES = ([(variant, 2, "vicuna_v1") for variant in testing.VARIANTS] +
 
 
 @pytest.mark.parametrize("variant, stage, format", CASES)
-def test_loss_and_gradients_equal_transformers(pairs, images, variant, stage, format):
+def test_loss_and_gradients_equal_transformers(pairs, record_images, variant, stage, format):
     model, processor, reference = pairs(variant)
     records = [r for r in RECORDS if "image" in r] if format == "plain" else RECORDS
     if format == "plain":
         records = [{**r, "conversations": r["conversations"][:2]} for r in records]
-    inputs = training.batch(processor, records, image_folder=images, format=format)
+    inputs = training.batch(processor, records, image_folder=record_images, format=format)
     assert inputs["attention_mask"].sum(1).unique().numel() == len(records)  # rows of different lengths: padded
 
     params = training.trainable(model, stage)
@@ -83,9 +75,9 @@ def test_loss_and_gradients_equal_transformers(pairs, images, variant, stage, fo
     assert compared == len(params) == len(trained)
 
 
-def test_num_items_in_batch_divides_the_sum_as_transformers(pairs, images):
+def test_num_items_in_batch_divides_the_sum_as_transformers(pairs, record_images):
     model, processor, reference = pairs("gqa")
-    inputs = training.batch(processor, RECORDS, image_folder=images)
+    inputs = training.batch(processor, RECORDS, image_folder=record_images)
     with torch.no_grad():
         logits = model(inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"])
         want = reference(**inputs, num_items_in_batch=torch.tensor(50)).loss
@@ -107,7 +99,7 @@ def test_each_stage_trains_what_llava_trains(tmp_path):
         training.trainable(model, 3)
 
 
-def test_half_precision_weights_kept_as_stored_are_refused(tmp_path, images):
+def test_half_precision_weights_kept_as_stored_are_refused(tmp_path, record_images):
     """A float16 checkpoint loaded in float32 keeps its matrices as stored (the CPU default): training refuses them
     and names the way out; loaded with weights="materialized", it trains."""
     folder = testing.write_checkpoint(tmp_path / "f16", "gqa", dtype=torch.float16)
@@ -116,7 +108,7 @@ def test_half_precision_weights_kept_as_stored_are_refused(tmp_path, images):
         training.trainable(stored, 1)
     model, _ = minillava.load(folder, weights="materialized")
     params = training.trainable(model, 2)
-    inputs = training.batch(processor, RECORDS, image_folder=images)
+    inputs = training.batch(processor, RECORDS, image_folder=record_images)
     before = [p.detach().clone() for p in params]
     optimizer = torch.optim.AdamW(params, lr=1e-3)
     training.loss(model(inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"]), inputs["labels"]).backward()
