@@ -13,9 +13,9 @@ parameters each stage trains. A reference for trainers and data pipelines to che
 Records are LLaVA's instruction data (LLaVA-Instruct-150K, llava_v1_5_mix665k.json): {"id", "image" (optional,
 a path relative to `image_folder`), "conversations": [{"from": "human" | "gpt", "value": "..."}, ...]}, "<image>"
 in the human value the image belongs to. The formats (haotian-liu/LLaVA, llava/train/train.py):
-- "plain", stage 1 (`preprocess_plain`): "<image>" + caption + "\n"; the caption and its "\n" are labelled.
+- "plain", stage 1 (`preprocess_plain`): "<image>" + caption + "\\n"; the caption and its "\\n" are labelled.
 - "vicuna_v1", stage 2 (`preprocess_multimodal`, `preprocess_v1`): the vicuna_v1 system prompt, then
-  "USER: {question} ASSISTANT: {answer}</s>" per turn, "<image>\n" moved to the start of its value; each answer
+  "USER: {question} ASSISTANT: {answer}</s>" per turn, "<image>\\n" moved to the start of its value; each answer
   (with the space before it) and its "</s>" are labelled, nothing else.
 - "template": the folder's chat template, labelled where transformers' `apply_chat_template(...,
   return_assistant_tokens_mask=True)` sets `assistant_masks` (processing_utils.py,
@@ -29,21 +29,21 @@ tokenizes the text once and labels each token whose characters overlap a span (i
 The original re-tokenizes each round alone and counts; where the count disagrees with the whole it prints
 "WARNING: tokenization mismatch" and masks the sample. Its algorithm restated (tests/test_training_labels.py),
 with the Llama-2 tokenizer it goes wrong on (minillava labels each answer and its "</s>" in every case):
-- "</s>" in a value: the original splits rounds there and masks the sample (here it is the EOS token, in an
-  answer labelled, in a question not);
+- "</s>" in a value: the original splits rounds there and masks the sample (minillava keeps it as the EOS
+  token, labelled in an answer, not in a question);
 - " ASSISTANT: " in a value: a round splits in three, the sample is masked;
 - a question that ends with "ASSISTANT:": no warning, but the original labels the real "ASSISTANT:" as answer;
 - a tokenizer whose `legacy` flag is wrong: llava-hf's tokenizer.json tokenizes the legacy way while its
   tokenizer_config says `legacy: false`, so the original shortens every round after the first by a token and
   masks every multi-turn sample (as `preprocess_v1` without that correction does with a non-legacy tokenizer).
-Everywhere the original reports no mismatch, its ids and labels are these: checked on generated records with
-the Llama-2 tokenizer, `legacy` true and false, and the demo's.
+On records free of these, the original's ids and labels are minillava's, token for token: checked on
+generated records with the Llama-2 tokenizer, `legacy` true and false, and with the demo's.
 
 Token ids. "plain" and "vicuna_v1" tokenize as the original does (`tokenizer_image_token`, llava/mm_utils.py):
 each piece between image markers alone, the BOS of the later pieces dropped; its one placeholder id per image
 becomes the run of `<image>` tokens a llava-hf model expects (576 for 336 px). "template" tokenizes the whole
 text, markers expanded, as llava-hf's processor and so transformers do. With llava-hf's tokenizer.json the two
-agree; with a non-legacy tokenizer the piece after an image gains a "▁": "USER: <image>\nWhat" gives
+agree; with a non-legacy tokenizer the piece after an image gains a "▁": "USER: <image>\\nWhat" gives
 [..., 29871, <image>, 29871, 13, 5618] in pieces and [..., 29871, <image>, 13, 5618] whole.
 
 Images as LLaVA-1.5 trained them (`image_aspect_ratio: pad`): expanded to a square of the mean colour, then the
