@@ -99,9 +99,10 @@ def render(template, conversation, add_generation_prompt=False, special_tokens=N
     variables = {**{k: v for k, v in (special_tokens or {}).items() if v is not None}, **_plain(kwargs)}
     blocks, found = [], []
     token = _TRACKER.set((blocks, found) if spans else None)
-    try:  # generate() yields the output block by block: the generation tag measures where it stands
-        blocks.extend(compile_template(template).generate(messages=messages, tools=None, documents=None,
-                                                          add_generation_prompt=add_generation_prompt, **variables))
+    try:  # block by block, each appended as it comes: the generation tag reads how much precedes it
+        for block in compile_template(template).generate(messages=messages, tools=None, documents=None,
+                                                         add_generation_prompt=add_generation_prompt, **variables):
+            blocks.append(block)
         prompt = "".join(blocks)
     except jinja2.exceptions.TemplateError as e:  # raise_exception(), or a template that breaks on this input
         raise PromptError(f"the chat template refused the conversation: {e}") from None
