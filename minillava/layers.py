@@ -1,4 +1,6 @@
-"""Building blocks the model files share that are not part of the model's math: how a layer is
+"""Reading the model for its math? Read `Linear` as `nn.Linear` and `Embedding` as `nn.Embedding`.
+
+Building blocks the model files share that are not part of the model's math: how a layer is
 built and stored, never what it computes.
 
 Storage and compute apart. A llava-hf checkpoint stores its weights in float16 or bfloat16; the exact
