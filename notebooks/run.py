@@ -1,6 +1,6 @@
 """Run the notebooks of this folder top to bottom on the embedded demo and save them with their outputs.
 
-    python notebooks/run.py              # all seven
+    python notebooks/run.py              # all of them
     python notebooks/run.py 04 06        # only these (a prefix is enough)
 
 Each notebook is its own source: edit it in Jupyter (or any editor of .ipynb files), then run this script
@@ -30,7 +30,7 @@ def source_hash(cell):
 
 def execute(nb, timeout=120):
     # One thread per kernel: the demo is tiny, and extra threads on a busy machine cost more than they gain
-    # (the timings printed in 04_decoder come from this setting).
+    # (the timings printed in 05_decoder come from this setting).
     env = {k: v for k, v in os.environ.items() if k != "MINILLAVA_CHECKPOINT"}
     env["OMP_NUM_THREADS"] = "1"
     old = dict(os.environ)
