@@ -11,15 +11,22 @@
   (shapes without weights) with the real Llama 2 tokenizer; the table of sizes is recomputed from both configs.
 - The README's example output of `minillava compare` is what the command prints now, for the case the text
   describes.
+- Every other number in the README is produced by the code or the files it names (configs, the demo's
+  training_log.json, benchmarks/results-*.json, pyproject.toml, the tests' tolerances) or listed in LISTED with
+  where it comes from.
 """
+import ast
 import contextlib
 import importlib
 import importlib.util
 import inspect
 import io
+import json
 import math
 import re
+import signal
 import statistics
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 
@@ -27,7 +34,9 @@ import pytest
 import torch
 
 import minillava
-from minillava.demo import shapes
+from minillava import testing
+from minillava.demo import evaluate, shapes
+from tests.helpers.tokenizer_files import TOKENIZERS, write_processor_files
 
 nbformat = pytest.importorskip("nbformat", reason="the test extra's nbformat is not installed here")
 
@@ -82,6 +91,13 @@ def holds(stated, printed):
 
 
 @lru_cache(maxsize=1)
+def llama2():
+    """The real Llama 2 tokenizer of llava-1.5 (tests/fixtures), without llava-hf's added tokens."""
+    from tokenizers import Tokenizer
+    return Tokenizer.from_file(str(TOKENIZERS["llama2"]))
+
+
+@lru_cache(maxsize=1)
 def config_7b():
     spec = importlib.util.spec_from_file_location("slice7b", ROOT / "benchmarks" / "slice7b.py")
     module = importlib.util.module_from_spec(spec)
@@ -102,7 +118,7 @@ def real_facts():
     c7, c13 = config_7b()
     v, t = c7.vision_config, c7.text_config
     grid = v.image_size // v.patch_size
-    llama_vocab = 32000  # Llama 2's tokenizer (tests/fixtures/llama2-tokenizer): <image> and <pad> follow it
+    llama_vocab = llama2().get_vocab_size()  # <image> and <pad> follow it
     facts = [v.image_size, v.patch_size, grid, v.num_patches, v.num_patches + 1, v.num_hidden_layers,
              v.num_hidden_layers + 1, c7.feature_layers[0], v.hidden_size, v.num_attention_heads,
              t.num_hidden_layers, t.hidden_size, t.num_attention_heads, t.intermediate_size, t.vocab_size,
@@ -166,12 +182,10 @@ def marked(name):
 def example_inputs():
     """The notebooks' picture and question, as the demo's processor and as llava-1.5-7b-hf's (the real Llama 2
     tokenizer, 336-pixel crop) prepare them."""
-    from tests.helpers.tokenizer_files import write_processor_files
     example = shapes.sample(QUESTION_SEED, kind="description")
     conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": example["question"]}]}]
     model, processor = minillava.load()
     demo = processor(text=processor.apply_chat_template(conversation, add_generation_prompt=True), images=example["image"])
-    import tempfile
     with tempfile.TemporaryDirectory() as folder:
         write_processor_files(folder, "llama2", config=True)
         real = minillava.Processor.from_pretrained(folder)
@@ -201,14 +215,14 @@ def stage_shapes():
 
 def test_the_map_of_the_model_shows_the_shapes_the_code_computes():
     rows = re.findall(r"^([a-z_]+)[^(\n]*(\([\d, ]+\))\s+(\([\d, ]+\))\s*$", marked("shapes"), re.M)
-    shown = {name: (eval(big), eval(demo)) for name, big, demo in rows}
+    shown = {name: (ast.literal_eval(big), ast.literal_eval(demo)) for name, big, demo in rows}
     assert shown == stage_shapes()
     # the README's Python example names the same logits shape
     assert f"# (1, T, {config_7b()[0].text_config.vocab_size})" in README
 
 
 def sizes_table():
-    """The rows of the README's table of sizes, computed: {row title: (llava-1.5-7b, demo)}."""
+    """The cells of the README's table of sizes, computed: [(llava-1.5-7b's, the demo's)] row by row."""
     _, model, _, _ = example_inputs()
 
     def row(cfg):
@@ -361,17 +375,9 @@ def paired_ratios(results):
 
 def readme_sources():
     """{section title: the numbers (as numbers()) that the code and its data files produce for it}."""
-    import json
-    import signal
-
-    from tokenizers import Tokenizer
-
-    from minillava import testing
-    from minillava.demo import evaluate
     _, model, _, _ = example_inputs()
     cfg = model.config
-    llama2 = Tokenizer.from_file(str(ROOT / "tests" / "fixtures" / "llama2-tokenizer" / "tokenizer.json"))
-    ids = [llama2.token_to_id(t) for t in ("▁", "<0x0A>", "▁upper", "▁▁")]
+    ids = [llama2().token_to_id(t) for t in ("▁", "<0x0A>", "▁upper", "▁▁")]  # the token ids the text quotes
     mean_colour = [int(m * 255) for m in minillava.Processor.from_pretrained(minillava.DEMO).image_config["image_mean"]]
     torch_minimum = re.search(r'"torch>=([\d.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
     lines = [len(p.read_text(encoding="utf-8").splitlines()) for p in (ROOT / "minillava").rglob("*.py")]
@@ -388,7 +394,7 @@ def readme_sources():
     demo = [v.image_size, v.patch_size, v.num_patches, v.num_hidden_layers, v.hidden_size, t.num_hidden_layers,
             t.hidden_size, t.num_attention_heads, t.num_key_value_heads, cfg.image_token_index,
             round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
-            round((minillava.DEMO / "model.safetensors").stat().st_size / 1e6), len(shapes.SHAPES) * 0 + 3,
+            round((minillava.DEMO / "model.safetensors").stat().st_size / 1e6),
             max(len(w) for w in shapes.TRAINED.values()), min(len(w) for w in shapes.TRAINED.values()),
             *{len(w) for w in shapes.WITHHELD.values()}, *log["steps"].values(), log["batch_size"],
             log["train_minutes"], log["cpu_minutes"], round(log["cpu_minutes"] / log["train_minutes"], 1),
@@ -413,7 +419,7 @@ def readme_sources():
                                                    testing.IMAGE_TOKEN_INDEX, *tolerances]) + numbers(compare_block),
             "Original LLaVA (liuhaotian checkpoints)": as_numbers(ids + mean_colour),
             "Scope": as_numbers(ids),
-            "The embedded demo checkpoint": as_numbers(demo),
+            "The embedded demo checkpoint": as_numbers(demo) + dataset_facts(),
             "Speed": [(str(x), float(x), 0, False) for x in speed]}  # to whatever precision the README rounds
 
 
