@@ -12,7 +12,7 @@
 - The README's example output of `minillava compare` is what the command prints now, for the case the text
   describes.
 - Every other number in the README is produced by the code or the files it names (configs, the demo's
-  training_log.json, benchmarks/results-*.json, pyproject.toml, the tests' tolerances) or listed in LISTED with
+  training_log.json, the benchmarks' results files, pyproject.toml, the tests' tolerances) or listed in LISTED with
   where it comes from.
 """
 import ast
