@@ -320,7 +320,9 @@ LISTED = {
         5: "logits of order 5 in the bfloat16 comparison (tests/test_llava.py's docstring)",
         "1%": "pixels where the two resize backends differ, measured on photos (notebook 01 prints its own case)",
         5.17: "the transformers version of the GPU machine, with which 14 image tests fail",
-        575: "transformers' count of image tokens without num_additional_image_tokens: 576 - 1"},
+        575: "transformers' count of image tokens without num_additional_image_tokens: 576 - 1",
+        4.9e-7: "the largest relative gradient difference from transformers', measured once (see Training)"},
+    "Training": {4.9e-7: "the largest relative gradient difference from transformers', measured once"},
     "Errors": {"2,000": "tests/test_fuzz.py: 1,400 + 650 hypothesis examples"},
     "The embedded demo checkpoint": {
         5: "conversations of 1 to 5 questions in stage 2 (minillava/demo/conversations.py)",
@@ -410,10 +412,15 @@ def readme_sources():
     bf16_tolerance = float(re.search(r"\(torch\.bfloat16, ([\d.]+)\)", tests_llava).group(1))
     transformers_minimum = float(re.search(r'"transformers>=([\d.]+)', (ROOT / "pyproject.toml").read_text()).group(1))
     tolerances = [t for pair in importlib.import_module("minillava.verify").TOLERANCES.values() for t in pair]
+    training_tests = "".join((ROOT / "tests" / f).read_text() for f in ("test_training_loss.py", "test_training_labels.py"))
+    training = [float(x) for x in re.findall(r"<= (\d+e-\d+)", training_tests)]  # tolerances
+    training += [int(x) for x in re.findall(r"in range\((\d+)\)", training_tests)]  # conversations drawn
     return {"Set up, run, test": as_numbers([float(torch_minimum)]),
             "Command line": as_numbers([128, 128 + signal.SIGINT]),
             "The modules": as_numbers(lines),
-            'What "the same as transformers" means': as_numbers([llava_tolerance, bf16_tolerance, transformers_minimum]),
+            'What "the same as transformers" means': as_numbers([llava_tolerance, bf16_tolerance, transformers_minimum,
+                                                                 *training]),
+            "Training": as_numbers(training),
             "Notebooks": dataset_facts(),
             "minillava in your tests": as_numbers([testing.VISION["num_hidden_layers"], testing.VISION["image_size"],
                                                    testing.IMAGE_TOKEN_INDEX, *tolerances]) + numbers(compare_block),
@@ -430,8 +437,9 @@ def test_every_number_in_the_readme_is_computed_or_listed():
     for title in re.findall(r"^## (.*)$", README, re.M):
         if title == "How LLaVA-1.5 works":
             continue  # test_every_number_of_the_front_door_is_computed
-        listed = [n for text in LISTED.get(title, {}) for n in numbers(str(text))]
-        known = sources.get(title, []) + listed + small + real_facts()
+        key = next((k for k in {**sources, **LISTED} if title.startswith(k)), None)  # "Training: what ..."
+        listed = [n for text in LISTED.get(key, {}) for n in numbers(str(text))]
+        known = sources.get(key, []) + listed + small + real_facts()
         stated = [n[0] for n in numbers(prose(section(title))) if not holds(n, known)]
         if stated:
             missing[title] = stated
