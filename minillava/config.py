@@ -77,7 +77,7 @@ class LlavaConfig:
     vision_config: VisionConfig = field(default_factory=lambda: VisionConfig(**LLAVA_VISION_DEFAULTS))
     text_config: TextConfig = field(default_factory=TextConfig)
     image_token_index: int = 32000
-    image_seq_length: int = 576
+    image_seq_length: int = 576  # kept as transformers keeps it; read by neither (the processor counts)
     projector_hidden_act: str = "gelu"
     vision_feature_select_strategy: str = "default"  # "default" drops the CLS token, "full" keeps it
     vision_feature_layer: int | list = -2  # index into the tower's hidden_states tuple (0 = embeddings)

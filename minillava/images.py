@@ -8,8 +8,10 @@ image_processing_backends.py / image_transforms.py) with two backends:
 - "torch" is bit-identical to transformers' torchvision backend on CPU (`CLIPImageProcessor`, what
   transformers picks when torchvision *is* installed), written with torch alone. The two backends differ
   by 1-2 uint8 levels on a small fraction of the pixels of some photos after a resize (none on others).
-`do_pad` of a `LlavaImageProcessor` adds the original LLaVA's pad-to-square (`expand2square`) before all of it;
-`do_pad` of a `CLIPImageProcessor` pads a batch of differently sized results to the largest (`pad_batch`).
+`do_pad` means two things in transformers, by the processor class preprocessor_config.json names; here
+they have their own names (`image_settings`): `pad_to_square` (a `LlavaImageProcessor`'s `do_pad`: the
+original LLaVA's `expand2square` before all of it) and `pad_batch` (a `CLIPImageProcessor`'s `do_pad`: a
+batch of differently sized results zero-padded to one size, `pad_images`).
 """
 import math
 from pathlib import Path
@@ -28,8 +30,14 @@ CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 # CLIPImageProcessor's defaults, used for keys a preprocessor_config.json leaves out
 IMAGE_DEFAULTS = dict(do_resize=True, size={"shortest_edge": 224}, resample=3,
                       do_center_crop=True, crop_size={"height": 224, "width": 224}, do_rescale=True,
-                      rescale_factor=1 / 255, do_normalize=True, image_mean=CLIP_MEAN, image_std=CLIP_STD, do_pad=False,
-                      do_convert_rgb=True)
+                      rescale_factor=1 / 255, do_normalize=True, image_mean=CLIP_MEAN, image_std=CLIP_STD,
+                      do_pad=False, pad_size=None, do_convert_rgb=True)
+
+
+def check_backend(backend):
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend {backend!r}, expected one of {BACKENDS}")
+    return backend
 
 
 def pixels_pil(x, c):
@@ -53,8 +61,8 @@ def pixels_torch(x, c):
     x = torch.from_numpy(x).permute(2, 0, 1).contiguous()  # (3, H, W) uint8
     if c["do_resize"]:
         if c["resample"] != 3:
-            raise ConfigError(f"preprocessor_config.json resample {c['resample']}: the torch backend implements "
-                              f"bicubic (3) only; use backend='pil'")
+            raise ConfigError(f"preprocessor_config.json resample {c['resample']}: the torch backend "
+                              f"implements bicubic (3) only; use backend='pil'")
         size = resize_size(*x.shape[-2:], c["size"])
         if size != tuple(x.shape[-2:]):  # tvF.resize returns the image itself when the size is unchanged
             # torch's native uint8 kernel: what tvF.resize(..., BICUBIC, antialias=True) runs on CPU
@@ -82,7 +90,8 @@ def load_image(image, index=0, composite="numpy", convert_rgb=True):
     where = f"image {index}"
     if torch.is_tensor(image):  # e.g. torchvision.io.read_image: (3, H, W) uint8
         if image.dtype != torch.uint8:
-            raise ImageError(f"{where}: tensor of dtype {image.dtype}; expected uint8 (0-255), as read_image gives")
+            raise ImageError(f"{where}: tensor of dtype {image.dtype}; expected uint8 (0-255), as read_image "
+                             f"gives")
         image = image.detach().cpu().numpy()
     if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[0] in (1, 3):
         # channels first, decided as transformers' infer_channel_dimension_format does (first axis wins a tie)
@@ -101,14 +110,15 @@ def load_image(image, index=0, composite="numpy", convert_rgb=True):
             with Image.open(image) as img:  # the first frame of an animated file; nothing decoded yet
                 limit = Image.MAX_IMAGE_PIXELS  # PIL only warns between 1 and 2 x this limit: refuse at 1 x
                 if limit and img.width * img.height > limit:
-                    raise ImageError(f"{where}: too many pixels ({img.width}x{img.height} > PIL.Image.MAX_IMAGE_PIXELS "
-                                     f"{limit}; a decompression bomb?)")
-                image = _to_rgb(ImageOps.exif_transpose(img))  # decoded; then composited below, as transformers does
+                    raise ImageError(f"{where}: too many pixels ({img.width}x{img.height} > "
+                                     f"PIL.Image.MAX_IMAGE_PIXELS {limit}; a decompression bomb?)")
+                # decoded; then composited below, as transformers does
+                image = _to_rgb(ImageOps.exif_transpose(img))
         except ImageError:
             raise
         except Image.DecompressionBombError as e:  # PIL's own guard, above 2 x MAX_IMAGE_PIXELS
             raise ImageError(f"{where}: too many pixels ({e})") from None
-        except Exception as e:  # PIL raises many types (OSError, SyntaxError, struct.error...) on broken files
+        except Exception as e:  # PIL raises many types (OSError, SyntaxError, struct.error...) on bad files
             raise ImageError(f"{where}: cannot be read as an image ({type(e).__name__}: {e})") from None
     if isinstance(image, Image.Image):
         where += f" ({image.filename})" if getattr(image, "filename", "") and "(" not in where else ""
@@ -125,9 +135,10 @@ def load_image(image, index=0, composite="numpy", convert_rgb=True):
             raise ImageError(f"{where}: cannot be decoded ({type(e).__name__}: {e})") from None
     if isinstance(image, np.ndarray):
         _check_size(image, where)
-        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
-            raise ImageError(f"{where}: array of shape {image.shape} and dtype {image.dtype}; expected (H, W, 3) or "
-                             f"(3, H, W) uint8 (or (H, W), (H, W, 1), (1, H, W), (H, W, 4))")
+        channels_ok = image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))
+        if image.dtype != np.uint8 or not channels_ok:
+            raise ImageError(f"{where}: array of shape {image.shape} and dtype {image.dtype}; expected "
+                             f"(H, W, 3) or (3, H, W) uint8 (or (H, W), (H, W, 1), (1, H, W), (H, W, 4))")
         x = image.reshape(*image.shape[:2], -1)
         if x.shape[2] == 1:
             x = np.repeat(x, 3, axis=2)
@@ -139,8 +150,8 @@ def load_image(image, index=0, composite="numpy", convert_rgb=True):
             t = t[..., :3] * t[..., 3:] + (1 - t[..., 3:])
             x = (t * (255 + 1.0 - 1e-3)).to(torch.uint8).numpy()
         return _check_size(np.ascontiguousarray(x), where)
-    raise ImageError(f"{where}: got {type(image).__name__}; expected a PIL.Image, a uint8 numpy array or torch tensor, "
-                     f"or a file path")
+    raise ImageError(f"{where}: got {type(image).__name__}; expected a PIL.Image, a uint8 numpy array or "
+                     f"torch tensor, or a file path")
 
 
 def _check_rgb(image, where):
@@ -152,8 +163,9 @@ def _check_rgb(image, where):
         got = f"an array of shape {image.shape}"
     else:
         return
-    raise ImageError(f"{where}: {got}, but preprocessor_config.json sets do_convert_rgb: false, so it is not converted "
-                     f"to RGB (transformers fails on it too); convert it to RGB first, or set do_convert_rgb: true")
+    raise ImageError(f"{where}: {got}, but preprocessor_config.json sets do_convert_rgb: false, so it is not "
+                     f"converted to RGB (transformers fails on it too); convert it to RGB first, or set "
+                     f"do_convert_rgb: true")
 
 
 def _to_rgb(image):
@@ -172,7 +184,8 @@ def _check_size(x, where):
 
 
 def pad_to_square(x, background):
-    """(H, W, 3) -> (S, S, 3), S = max(H, W), image centred (LLaVA's expand2square, LlavaImageProcessor.pad_to_square)."""
+    """(H, W, 3) -> (S, S, 3), S = max(H, W), image centred (LLaVA's expand2square,
+    LlavaImageProcessor.pad_to_square)."""
     h, w, _ = x.shape
     if h == w:
         return x
@@ -185,14 +198,16 @@ def pad_to_square(x, background):
 
 
 def resize_size(height, width, size):
-    """Output (h, w) of the resize (image_transforms.get_resize_output_image_size, default_to_square=False)."""
+    """Output (h, w) of the resize (image_transforms.get_resize_output_image_size,
+    default_to_square=False)."""
     if "shortest_edge" in size and size.get("longest_edge") is None:
         short, long = (width, height) if width <= height else (height, width)
         new_long = int(size["shortest_edge"] * long / short)  # floor, in Python floats, as transformers does
         return (new_long, size["shortest_edge"]) if width <= height else (size["shortest_edge"], new_long)
     if "height" in size and "width" in size:
         return size["height"], size["width"]
-    raise ConfigError(f"preprocessor_config.json size {size}: expected {{'shortest_edge': N}} or {{'height', 'width'}}")
+    raise ConfigError(f"preprocessor_config.json size {size}: expected {{'shortest_edge': N}} or "
+                      f"{{'height', 'width'}}")
 
 
 def center_crop(x, crop_size, pad_rounds_up):
@@ -211,14 +226,15 @@ def center_crop(x, crop_size, pad_rounds_up):
     return x[:, top:top + ch, left:left + cw]
 
 
-def pad_batch(pixels, pad_size=None):
+def pad_images(pixels, pad_size=None):
     """[(3, h, w)] float32 -> (N, 3, H, W): zeros below and to the right of each, up to the largest h and w or
     `pad_size` (the `pad` of transformers' image processor backends, run after normalize)."""
     H, W = (pad_size["height"], pad_size["width"]) if pad_size else (max(x.shape[1] for x in pixels),
                                                                      max(x.shape[2] for x in pixels))
     for i, x in enumerate(pixels):
         if x.shape[1] > H or x.shape[2] > W:
-            raise ConfigError(f"pad_size {pad_size} is smaller than image {i} after resizing ({x.shape[1]}x{x.shape[2]})")
+            raise ConfigError(f"pad_size {pad_size} is smaller than image {i} after resizing "
+                              f"({x.shape[1]}x{x.shape[2]})")
     return torch.stack([F.pad(x, (0, W - x.shape[2], 0, H - x.shape[1])) for x in pixels])
 
 
@@ -229,10 +245,12 @@ def flat_list(images):
     return [im for item in images for im in (item if isinstance(item, (list, tuple)) else [item])]
 
 
-def check_image_config(c, path):
-    """preprocessor_config.json's settings, in the forms transformers accepts, -> one form (a new dict). Refuses
-    settings that would fail obscurely (or silently: a zero std) inside numpy or PIL."""
-    c = dict(c)
+def image_settings(settings, source, pad_to_square=None):
+    """preprocessor_config.json's settings (CLIPImageProcessor's defaults for what it leaves out), in the
+    forms transformers accepts, -> one checked form: a new dict. Refuses settings that would fail obscurely
+    (or silently: a zero std) inside numpy or PIL. `do_pad` becomes `pad_to_square` or `pad_batch` by the
+    class (see the module docstring); pad_to_square True or False overrides the file's choice."""
+    c = {**IMAGE_DEFAULTS, **settings}
     if type(c["size"]) is int:  # openai's CLIP configs: get_size_dict(size, default_to_square=False)
         c["size"] = {"shortest_edge": c["size"]}
     if type(c["crop_size"]) is int:
@@ -241,20 +259,32 @@ def check_image_config(c, path):
         if type(c[key]) in (int, float):
             c[key] = [c[key]] * 3
 
-    def size(d):
-        given = [d[k] for k in ("shortest_edge", "height", "width") if d.get(k) is not None] if isinstance(d, dict) else []
+    def size(d, keys=("shortest_edge", "height", "width")):
+        given = [d[k] for k in keys if d.get(k) is not None] if isinstance(d, dict) else []
         return bool(given) and all(type(n) is int and n > 0 for n in given)
 
     def numbers(x, n=3):
-        return isinstance(x, list) and len(x) == n and all(type(v) in (int, float) and math.isfinite(v) for v in x)
+        return isinstance(x, list) and len(x) == n and all(
+            type(v) in (int, float) and math.isfinite(v) for v in x)
+
+    sizes = "{'height': H, 'width': W}, positive integers"
+    crop_ok = size(c["crop_size"]) and (not c["do_center_crop"]
+                                        or {"height", "width"} <= c["crop_size"].keys())
     for key, ok, expected in [
-            ("size", size(c["size"]), "{'shortest_edge': N} or {'height': H, 'width': W}, positive integers"),
-            ("crop_size", size(c["crop_size"]) and (not c["do_center_crop"] or {"height", "width"} <= c["crop_size"].keys()),
-             "{'height': H, 'width': W}, positive integers"),
+            ("size", size(c["size"]), "{'shortest_edge': N} or " + sizes),
+            ("crop_size", crop_ok, sizes),
             ("image_mean", numbers(c["image_mean"]), "3 numbers"),
             ("image_std", numbers(c["image_std"]) and 0 not in c["image_std"], "3 non-zero numbers"),
-            ("rescale_factor", numbers([c["rescale_factor"]], 1) and c["rescale_factor"] > 0, "a positive number"),
-            ("resample", type(c["resample"]) is int and 0 <= c["resample"] <= 5, "a PIL filter number, 0-5 (3 = bicubic)")]:
+            ("rescale_factor", numbers([c["rescale_factor"]], 1) and c["rescale_factor"] > 0,
+             "a positive number"),
+            ("resample", type(c["resample"]) is int and 0 <= c["resample"] <= 5,
+             "a PIL filter number, 0-5 (3 = bicubic)"),
+            ("pad_size", c["pad_size"] is None or size(c["pad_size"], ("height", "width"))
+             and {"height", "width"} <= c["pad_size"].keys(), "null or " + sizes)]:
         if not ok:
-            raise ConfigError(f"{path}: {key} = {c[key]!r}, expected {expected}")
+            raise ConfigError(f"{source}: {key} = {c[key]!r}, expected {expected}")
+    do_pad = bool(c.pop("do_pad"))
+    llava = str(c.get("image_processor_type", "")).startswith("LlavaImageProcessor")
+    c["pad_to_square"] = do_pad and llava if pad_to_square is None else bool(pad_to_square)
+    c["pad_batch"] = do_pad and not llava
     return c

@@ -5,139 +5,100 @@
 padding=True, return_tensors="pt")` returns (`LlavaProcessor` + `CLIPImageProcessor`), bit for bit:
 
 - text: every `<image>` becomes one `<image>` token per image feature (576 for 336 px / patch 14), as a
-  string (models/llava/processing_llava.py, `LlavaProcessor.__call__`), then `tokenizer.json` runs verbatim:
-  on a llava folder with its config.json AutoProcessor builds a plain `TokenizersBackend`
-  (tokenization_utils_tokenizers.py), so the `legacy` flag of tokenizer_config.json has no effect.
+  string (models/llava/processing_llava.py, `LlavaProcessor.__call__`), then the tokenizer transformers
+  builds for the folder runs (minillava/tokenizer.py: beside a config.json, tokenizer.json as it is).
 - images: convert to RGB, bicubic resize of the shortest edge, center crop, rescale, normalize, with the
   "pil" (default) or "torch" backend of minillava/images.py.
+
+A folder with the processor files alone (what transformers' `processor.save_pretrained()` writes: no
+config.json) is read as transformers reads it: the tokenizer it builds then, and the patch size, feature
+selection strategy and image token from processor_config.json.
 """
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer
 
 from .config import LlavaConfig, read_json
 from .errors import ConfigError, ImageError, PromptError, TokenizerError
 from .images import (
-    BACKENDS,
-    IMAGE_DEFAULTS,
-    check_image_config,
+    check_backend,
     flat_list,
+    image_settings,
     load_image,
-    pad_batch,
+    pad_images,
     pad_to_square,
     pixels_pil,
     pixels_torch,
 )
 from .template import is_batch, render
+from .tokenizer import load_tokenizer
 from .training import chat_inputs
 
 
 class Processor:
     """Tokenizer + image preprocessing of one llava-hf checkpoint. Build it with `from_pretrained`."""
 
-    def __init__(self, tokenizer, image_config, image_token="<image>", patch_size=14, num_additional_image_tokens=1,
-                 vision_feature_select_strategy="default", special_tokens=None, padding_side="left",
-                 chat_template=None, backend="pil", pad_batch=False):
-        if backend not in BACKENDS:
-            raise ConfigError(f"backend {backend!r}, expected one of {BACKENDS}")
-        self.tokenizer = tokenizer  # a tokenizers.Tokenizer, used verbatim
-        # preprocessor_config.json, HF key names; do_pad is LlavaImageProcessor's pad-to-square
-        self.image_config = check_image_config({**IMAGE_DEFAULTS, **image_config}, "image_config")
-        self.pad_batch = pad_batch  # CLIPImageProcessor's do_pad: pad differently sized images to the largest
-        self.image_token, self.patch_size = image_token, patch_size
-        self.num_additional_image_tokens = num_additional_image_tokens  # 1: the CLS token of CLIP
+    def __init__(self, tokenizer, image_config, patch_size=14, vision_feature_select_strategy="default",
+                 num_additional_image_tokens=1, image_token="<image>", special_tokens=None,
+                 padding_side="left", chat_template=None, backend="pil"):
+        self.tokenizer = tokenizer  # a tokenizers.Tokenizer (minillava/tokenizer.py)
+        self.image_config = image_config  # preprocessor_config.json, checked: images.image_settings
+        self.patch_size = patch_size
         self.vision_feature_select_strategy = vision_feature_select_strategy
-        self.padding_side, self.chat_template, self.backend = padding_side, chat_template, backend
-        special_tokens = special_tokens or {}
-        self.bos_token, self.eos_token = special_tokens.get("bos_token"), special_tokens.get("eos_token")
-        self.pad_token, self.unk_token = special_tokens.get("pad_token"), special_tokens.get("unk_token")
-        self.image_token_id = tokenizer.token_to_id(image_token)
-        self.bos_token_id, self.eos_token_id, self.pad_token_id = (
-            None if t is None else tokenizer.token_to_id(t) for t in (self.bos_token, self.eos_token, self.pad_token))
-        c = self.image_config
-        size = c["crop_size"] if c["do_center_crop"] else c["size"]
-        self.image_seq_length = self.num_image_tokens(size["height"], size["width"]) if "height" in size else None
+        self.num_additional_image_tokens = num_additional_image_tokens  # 1: the CLS token of CLIP
+        self.image_token, self.image_token_id = image_token, tokenizer.token_to_id(image_token)
+        # {"bos_token": "<s>", "eos_token": "</s>", "unk_token": ..., "pad_token": ...}; None where unset
+        self.special_tokens = dict(special_tokens or {})
+        ids = {k: tokenizer.token_to_id(v) for k, v in self.special_tokens.items() if v is not None}
+        self.bos_token_id, self.eos_token_id, self.pad_token_id = (ids.get(k) for k in
+                                                                   ("bos_token", "eos_token", "pad_token"))
+        self.padding_side, self.chat_template = padding_side, chat_template
+        self.backend = check_backend(backend)
 
     @classmethod
-    def from_pretrained(cls, folder, config=None, backend="pil", do_pad=None):
-        """Read a llava-hf checkpoint folder. `config`: a LlavaConfig (else the folder's config.json is read), to
-        check the `<image>` id and to fill in what processor_config.json leaves out."""
+    def from_pretrained(cls, folder, config=None, backend="pil", pad_to_square=None):
+        """Read a llava-hf checkpoint folder. config: a LlavaConfig (else the folder's config.json, where it
+        has one), to check the files against and to fill in what processor_config.json leaves out; without
+        either the folder is read as processor files alone. pad_to_square: True or False overrides the
+        folder's choice (a LlavaImageProcessor's `do_pad`)."""
         folder = Path(folder)
         if not folder.is_dir():
-            raise TokenizerError(f"{folder}: not a folder (expected a llava-hf checkpoint folder with tokenizer.json)")
-        if config is None and not (folder / "config.json").is_file():
-            # transformers then builds the tokenizer from tokenizer_config.json's class (LlamaTokenizer rebuilds the
-            # pre-tokenizer: " <image> upper" -> [1, 29871, 32000, 7568] instead of tokenizer.json's [1, 259, 32000,
-            # 29871, 7568]), which is not how a llava checkpoint is tokenized
-            raise TokenizerError(f"{folder}: no config.json; without it transformers builds another tokenizer (a "
-                                 f"LlamaTokenizer rebuilt from tokenizer_config.json) whose ids differ: copy the "
-                                 f"checkpoint's config.json into the folder")
-        if config is None:
+            raise TokenizerError(f"{folder}: not a folder (expected a llava-hf checkpoint folder with "
+                                 f"tokenizer.json)")
+        if config is None and (folder / "config.json").is_file():
             config = LlavaConfig.from_json(folder / "config.json")
+        tokenizer, special, tok_config = load_tokenizer(folder, model_known=config is not None)
         proc = _read_json(folder / "processor_config.json") or {}
-        # Image settings: preprocessor_config.json on the hub, processor_config.json["image_processor"] in 5.x saves
-        image_config = _read_json(folder / "preprocessor_config.json") or proc.get("image_processor")
-        if not isinstance(image_config, dict):
-            raise ConfigError(f"{folder}: neither preprocessor_config.json nor processor_config.json['image_processor'] "
-                              f"found (a llava-hf checkpoint has preprocessor_config.json)")
-        source = folder / ("preprocessor_config.json" if (folder / "preprocessor_config.json").is_file() else
-                           "processor_config.json")
-        image_config = check_image_config({**IMAGE_DEFAULTS, **image_config}, source)
-        batch_pad = False
-        if not str(image_config.get("image_processor_type", "")).startswith("LlavaImageProcessor"):
-            batch_pad = bool(image_config.pop("do_pad", False))  # CLIPImageProcessor's do_pad pads the batch
-        if do_pad is not None:
-            image_config["do_pad"] = do_pad
-
-        # processor_config.json is missing from older snapshots: then the model config decides
-        patch_size = proc.get("patch_size") or config.vision_config.patch_size
-        strategy = proc.get("vision_feature_select_strategy") or config.vision_feature_select_strategy
-        # transformers would use 0 here and produce one token too few per image; CLIP always adds its CLS token
-        extra = proc.get("num_additional_image_tokens", 1)
-        image_token = proc.get("image_token", "<image>")
-        for key, value, ok in [("patch_size", patch_size, type(patch_size) is int and patch_size > 0),
-                               ("vision_feature_select_strategy", strategy, strategy in ("default", "full")),
-                               ("num_additional_image_tokens", extra, type(extra) is int and extra >= 0),
-                               ("image_token", image_token, isinstance(image_token, str))]:
-            if not ok:
-                raise ConfigError(f"{folder / 'processor_config.json'}: {key} = {value!r} is not a valid value")
-        if config is not None and (patch_size, strategy) != (config.vision_config.patch_size,
-                                                             config.vision_feature_select_strategy):
-            raise TokenizerError(f"{folder / 'processor_config.json'}: patch_size {patch_size} and strategy {strategy!r} "
-                                 f"disagree with the model config's {config.vision_config.patch_size} and "
-                                 f"{config.vision_feature_select_strategy!r}")
-
-        tokenizer, special, tok_config = _load_tokenizer(folder)
-        image_id = tokenizer.token_to_id(image_token)
-        if image_id is None:
-            raise TokenizerError(f"{folder / 'tokenizer.json'}: has no {image_token!r} token (llava-hf adds it as id 32000)")
-        if config is not None and image_id != config.image_token_index:
-            raise TokenizerError(f"{folder / 'tokenizer.json'}: {image_token!r} is id {image_id} but the model config's "
-                                 f"image_token_index is {config.image_token_index}")
-        if config is not None and tokenizer.get_vocab_size() > config.text_config.vocab_size:
-            raise TokenizerError(f"{folder / 'tokenizer.json'}: {tokenizer.get_vocab_size()} tokens, more than the "
-                                 f"model's vocabulary (text_config.vocab_size {config.text_config.vocab_size}): "
-                                 f"another model's tokenizer?")
-        return cls(tokenizer, image_config, image_token=image_token, patch_size=patch_size,
-                   num_additional_image_tokens=extra, vision_feature_select_strategy=strategy, special_tokens=special,
-                   # left when unset (transformers would pad right): generation needs the prompts' ends aligned
-                   padding_side=tok_config.get("padding_side", "left"),
-                   chat_template=_read_chat_template(folder, tok_config), backend=backend, pad_batch=batch_pad)
+        image_config, source = _image_config(folder, proc)
+        processor = cls(tokenizer, image_settings(image_config, source, pad_to_square),
+                        **_image_tokens(folder, proc, config), special_tokens=special,
+                        # left when unset (transformers pads a TokenizersBackend on the right): generation
+                        # needs the prompts' ends aligned
+                        padding_side=tok_config.get("padding_side", "left"),
+                        chat_template=_read_chat_template(folder, tok_config), backend=backend)
+        if processor.image_token_id is None:
+            raise TokenizerError(f"{folder / 'tokenizer.json'}: has no {processor.image_token!r} token "
+                                 f"(llava-hf adds it as id 32000)")
+        if config is not None:
+            _check_against(processor, config, folder)
+        return processor
 
     # ---- text -------------------------------------------------------------------------------------------
 
     def num_image_tokens(self, height, width):
-        """Image tokens for one image of `pixel_values` size height x width (LlavaProcessor.replace_image_token)."""
+        """Image tokens for one image of `pixel_values` size height x width
+        (LlavaProcessor.replace_image_token)."""
         n = (height // self.patch_size) * (width // self.patch_size) + self.num_additional_image_tokens
         return n - 1 if self.vision_feature_select_strategy == "default" else n  # "default" drops CLS
 
     def __call__(self, text=None, images=None, padding=True, backend=None):
-        """text: a prompt or a list of prompts, each `<image>` marking where an image goes. images: one image or a
-        list (PIL.Image, (H, W, 3) uint8 array or a path), consumed in text order across the batch.
-        Returns {"input_ids": (B, T) long, "attention_mask": (B, T) long, "pixel_values": (N, 3, H, W) float32}."""
+        """text: a prompt or a list of prompts, each `<image>` marking where an image goes. images: one image
+        or a list (PIL.Image, (H, W, 3) uint8 array or a path), consumed in text order across the batch.
+        Returns {"input_ids": (B, T) long, "attention_mask": (B, T) long,
+        "pixel_values": (N, 3, H, W) float32}."""
         if text is None and images is None:  # as LlavaProcessor
-            raise PromptError("You need to provide at least one input to call the processor: text, images or both")
+            raise PromptError("You need to provide at least one input to call the processor: text, images or "
+                              "both")
         texts = [text] if isinstance(text, str) else text
         images = [] if images is None else flat_list(images)
         out = {}
@@ -149,8 +110,8 @@ class Processor:
             raise PromptError(f"text must be a string or a non-empty list of strings, got {text!r:.80}")
         n_markers = sum(t.count(self.image_token) for t in texts)
         if n_markers != len(images):
-            raise PromptError(f"the text has {n_markers} {self.image_token} marker(s) but {len(images)} image(s) "
-                              f"were given; each image needs one marker where it goes")
+            raise PromptError(f"the text has {n_markers} {self.image_token} marker(s) but {len(images)} "
+                              f"image(s) were given; each image needs one marker where it goes")
         if images:  # each marker becomes n image tokens, as a string, before tokenizing (replace_image_token)
             n = self.num_image_tokens(*out["pixel_values"].shape[-2:])
             texts = [t.replace(self.image_token, self.image_token * n) for t in texts]
@@ -161,9 +122,11 @@ class Processor:
         longest = max(len(x) for x in ids)
         if any(len(x) != longest for x in ids):
             if not padding:
-                raise PromptError(f"prompts tokenize to {[len(x) for x in ids]} tokens; pass padding=True to pad them")
+                raise PromptError(f"prompts tokenize to {[len(x) for x in ids]} tokens; pass padding=True to "
+                                  f"pad them")
             if self.pad_token_id is None:
-                raise TokenizerError("cannot pad the batch: the tokenizer has no pad_token (tokenizer_config.json)")
+                raise TokenizerError("cannot pad the batch: the tokenizer has no pad_token "
+                                     "(tokenizer_config.json)")
         input_ids = torch.full((len(ids), longest), self.pad_token_id or 0, dtype=torch.long)
         attention_mask = torch.zeros((len(ids), longest), dtype=torch.long)
         for i, x in enumerate(ids):  # left padding keeps every prompt's last token in the last column
@@ -173,9 +136,10 @@ class Processor:
         return {"input_ids": input_ids, "attention_mask": attention_mask}
 
     def decode(self, ids, skip_special_tokens=False):
-        """Token ids -> text, with tokenizer.json's decoder (byte-fallback bytes are joined into characters)."""
+        """Token ids -> text with the tokenizer's decoder (byte-fallback bytes are joined into characters)."""
         ids = ids.tolist() if isinstance(ids, torch.Tensor) else ids
-        return self.tokenizer.decode([ids] if isinstance(ids, int) else list(ids), skip_special_tokens=skip_special_tokens)
+        ids = [ids] if isinstance(ids, int) else list(ids)
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def batch_decode(self, batch, skip_special_tokens=False):
         return [self.decode(ids, skip_special_tokens) for ids in batch]
@@ -205,23 +169,22 @@ class Processor:
 
     def preprocess(self, images, backend=None):
         """images -> pixel_values (N, 3, crop_h, crop_w) float32."""
-        backend = backend or self.backend
-        if backend not in BACKENDS:
-            raise ConfigError(f"backend {backend!r}, expected one of {BACKENDS}")
+        backend = self.backend if backend is None else check_backend(backend)
         c = self.image_config
         pixels = []
         for i, image in enumerate(flat_list(images)):
-            # (H, W, 3) uint8
-            x = load_image(image, i, composite="numpy" if backend == "pil" else "torch", convert_rgb=c["do_convert_rgb"])
-            if c["do_pad"]:  # original LLaVA's expand2square, background = the mean colour
+            x = load_image(image, i, composite="numpy" if backend == "pil" else "torch",
+                           convert_rgb=c["do_convert_rgb"])  # (H, W, 3) uint8
+            if c["pad_to_square"]:  # the original LLaVA's expand2square, background = the mean colour
                 x = pad_to_square(x, tuple(int(m * 255) for m in c["image_mean"]))
             pixels.append(pixels_pil(x, c) if backend == "pil" else pixels_torch(x, c))
-        if self.pad_batch:
-            return pad_batch(pixels, c.get("pad_size"))
+        if c["pad_batch"]:
+            return pad_images(pixels, c["pad_size"])
         if len({tuple(x.shape) for x in pixels}) > 1:
-            raise ImageError(f"the images come out in different sizes ({', '.join(str(tuple(x.shape[1:])) for x in pixels)}) "
-                             f"and cannot form one batch: preprocessor_config.json has do_center_crop false and no "
-                             f"do_pad (transformers fails too); give images of one shape, or set do_center_crop: true")
+            sizes = ", ".join(str(tuple(x.shape[1:])) for x in pixels)
+            raise ImageError(f"the images come out in different sizes ({sizes}) and cannot form one batch: "
+                             f"preprocessor_config.json has do_center_crop false and no do_pad (transformers "
+                             f"fails too); give images of one shape, or set do_center_crop: true")
         return torch.stack(pixels)
 
 # ---- files -----------------------------------------------------------------------------------------------
@@ -231,33 +194,65 @@ def _read_json(path):
     return read_json(path) if path.is_file() else None
 
 
-def _load_tokenizer(folder):
-    """tokenizer.json verbatim (its normalizer, pre-tokenizer and BOS-adding post-processor), and the names of the
-    special tokens from tokenizer_config.json / special_tokens_map.json. Measured in 5.23 on a llava folder: the
-    `legacy`, `add_bos_token` and `add_eos_token` flags of tokenizer_config.json change nothing."""
-    path = folder / "tokenizer.json"
-    if not path.is_file():
-        raise TokenizerError(f"{path}: file not found (minillava reads the fast tokenizer, tokenizer.json)")
-    try:
-        tokenizer = Tokenizer.from_file(str(path))
-    except Exception as e:  # tokenizers raises a bare Exception on malformed files
-        raise TokenizerError(f"{path}: not a valid tokenizer.json ({e})") from None
-    tokenizer.no_padding()  # padding and truncation are done here, not by settings stored in the file
-    tokenizer.no_truncation()
-    tok_config = _read_json(folder / "tokenizer_config.json") or {}
-    names = ("bos_token", "eos_token", "pad_token", "unk_token")
-    special = {k: tok_config.get(k) for k in names}
-    if "added_tokens_decoder" not in tok_config:  # older folders: special_tokens_map.json wins (5.23 legacy path)
-        special.update({k: v for k, v in (_read_json(folder / "special_tokens_map.json") or {}).items() if k in names})
-    special = {k: v.get("content") if isinstance(v, dict) else v for k, v in special.items()}
-    for k, v in special.items():
-        if v is not None and not isinstance(v, str):
-            raise TokenizerError(f"{folder / 'tokenizer_config.json'}: {k} = {v!r}, expected a token string")
-    return tokenizer, special, tok_config
+def _image_config(folder, proc):
+    """(the image settings, the file they are in): preprocessor_config.json on the hub,
+    processor_config.json["image_processor"] where transformers 5 saved the processor."""
+    if (folder / "preprocessor_config.json").is_file():
+        return read_json(folder / "preprocessor_config.json"), folder / "preprocessor_config.json"
+    if isinstance(proc.get("image_processor"), dict):
+        return proc["image_processor"], folder / "processor_config.json"
+    raise ConfigError(f"{folder}: neither preprocessor_config.json nor "
+                      f"processor_config.json['image_processor'] found (a llava-hf checkpoint has "
+                      f"preprocessor_config.json)")
+
+
+def _image_tokens(folder, proc, config):
+    """What LlavaProcessor counts the `<image>` tokens of an image with: patch_size, the feature selection
+    strategy, num_additional_image_tokens and image_token, from processor_config.json. Older snapshots have
+    no processor_config.json: then the model config gives the first two."""
+    model = {} if config is None else {
+        "patch_size": config.vision_config.patch_size,
+        "vision_feature_select_strategy": config.vision_feature_select_strategy}
+    # CLIP always adds its CLS token: transformers would count 0 without the key, one token too few per image
+    defaults = {"num_additional_image_tokens": 1, "image_token": "<image>", **model}
+    names = ("patch_size", "vision_feature_select_strategy", "num_additional_image_tokens", "image_token")
+    s = {k: proc[k] if proc.get(k) is not None else defaults.get(k) for k in names}
+    for key, ok, expected in [
+            ("patch_size", type(s["patch_size"]) is int and s["patch_size"] > 0, "a positive integer"),
+            ("vision_feature_select_strategy", s["vision_feature_select_strategy"] in ("default", "full"),
+             "'default' or 'full'"),
+            ("num_additional_image_tokens", type(s["num_additional_image_tokens"]) is int
+             and s["num_additional_image_tokens"] >= 0, "a non-negative integer"),
+            ("image_token", isinstance(s["image_token"], str), "a token string")]:
+        if not ok:
+            hint = "" if s[key] is not None else (
+                ": there is no config.json to take it from either (transformers cannot count the image "
+                "tokens then); put the checkpoint's config.json in the folder")
+            raise ConfigError(f"{folder / 'processor_config.json'}: {key} = {s[key]!r}, expected "
+                              f"{expected}{hint}")
+    return s
+
+
+def _check_against(processor, config, folder):
+    """The processor files against the model config: a TokenizerError naming the file where they disagree."""
+    ours = (processor.patch_size, processor.vision_feature_select_strategy)
+    model = (config.vision_config.patch_size, config.vision_feature_select_strategy)
+    if ours != model:
+        raise TokenizerError(f"{folder / 'processor_config.json'}: patch_size {ours[0]} and strategy "
+                             f"{ours[1]!r} disagree with the model config's {model[0]} and {model[1]!r}")
+    if processor.image_token_id != config.image_token_index:
+        raise TokenizerError(f"{folder / 'tokenizer.json'}: {processor.image_token!r} is id "
+                             f"{processor.image_token_id} but the model config's image_token_index is "
+                             f"{config.image_token_index}")
+    n = processor.tokenizer.get_vocab_size()
+    if n > config.text_config.vocab_size:
+        raise TokenizerError(f"{folder / 'tokenizer.json'}: {n} tokens, more than the model's vocabulary "
+                             f"(text_config.vocab_size {config.text_config.vocab_size}): another model's "
+                             f"tokenizer?")
 
 
 def _read_chat_template(folder, tok_config):
-    """chat_template.jinja, then chat_template.json, then tokenizer_config.json (the order of transformers 5)."""
+    """chat_template.jinja, then chat_template.json, then tokenizer_config.json (transformers 5's order)."""
     if (folder / "chat_template.jinja").is_file():
         return (folder / "chat_template.jinja").read_text(encoding="utf-8")
     template = (_read_json(folder / "chat_template.json") or {}).get("chat_template")

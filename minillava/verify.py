@@ -85,9 +85,9 @@ def verify(folder, device=None, dtype=None, reference=True, question=QUESTION, p
     n = check_tensors(config, folder)
     report.checks.append(f"{n} tensors, each with the shape config.json implies")
     processor = Processor.from_pretrained(folder, config=config)
-    check_processor(config, processor, folder)
+    per_image = check_processor(config, processor, folder)
     report.checks.append(f"tokenizer and processor files: <image> = {processor.image_token_id}, "
-                         f"{processor.image_seq_length} image tokens per image, as config.json")
+                         f"{per_image} image tokens per image, as config.json")
 
     dtype = resolve_dtype(dtype, device, config.dtype)
     model, processor = load(folder, device=device, dtype=dtype, weights=weights)
@@ -212,21 +212,20 @@ def check_tensors(config, folder):
 
 
 def check_processor(config, processor, folder):
-    """What Processor.from_pretrained does not check already: the picture size and the image token count."""
+    """What Processor.from_pretrained does not check already: the picture size and the image token count.
+    Returns the number of image tokens per image."""
     v = config.vision_config
     c = processor.image_config
-    size = c["crop_size"] if c.get("do_center_crop") else c.get("size")
-    if isinstance(size, dict) and (size.get("height"), size.get("width")) != (v.image_size, v.image_size):
+    size = c["crop_size"] if c["do_center_crop"] else c["size"]
+    if (size.get("height"), size.get("width")) != (v.image_size, v.image_size):
         raise ConfigError(f"{folder / 'preprocessor_config.json'}: images are cropped to {size}, the vision tower "
                           f"takes {v.image_size}x{v.image_size} (vision_config.image_size)")
     per_image = v.num_patches + (config.vision_feature_select_strategy == "full")
-    if processor.image_seq_length not in (None, per_image):
-        raise TokenizerError(f"{folder / 'processor_config.json'}: {processor.image_seq_length} <image> tokens per "
-                             f"image, the model makes {per_image} image features")
-    for name in ("bos_token_id", "eos_token_id"):
-        ours = getattr(processor, name)
-        if ours is not None and not 0 <= ours < config.text_config.vocab_size:
-            raise TokenizerError(f"{folder / 'tokenizer.json'}: {name} {ours} is outside the model's vocabulary")
+    ours = processor.num_image_tokens(v.image_size, v.image_size)
+    if ours != per_image:
+        raise TokenizerError(f"{folder / 'processor_config.json'}: {ours} <image> tokens per image, the model "
+                             f"makes {per_image} image features")
+    return per_image
 
 
 def main(args, out):

@@ -273,8 +273,8 @@ def test_pad_to_square(converted, size):
     square = expand2square(image, (122, 116, 104))
     assert square.getpixel((0, 0)) == (122, 116, 104) or size[0] == size[1]
     processor = Processor.from_pretrained(converted)
-    assert processor.image_config["do_pad"]  # image_aspect_ratio "pad" -> LlavaImageProcessor, do_pad
-    plain = Processor.from_pretrained(converted, do_pad=False)
+    assert processor.image_config["pad_to_square"]  # image_aspect_ratio "pad" -> LlavaImageProcessor, do_pad
+    plain = Processor.from_pretrained(converted, pad_to_square=False)
     got = prepare(processor, "USER: <image>\nHi ASSISTANT:", image)["pixel_values"]
     assert torch.equal(got, plain.preprocess([square]))
     assert torch.equal(prepare(processor, "<image>", image, pad=False)["pixel_values"], plain.preprocess([image]))

@@ -15,7 +15,7 @@ from PIL import Image
 from transformers import AutoProcessor
 
 from minillava.config import LlavaConfig
-from minillava.errors import ImageError, PromptError, TokenizerError
+from minillava.errors import ConfigError, ImageError, PromptError, TokenizerError
 from minillava.processor import Processor
 from tests.helpers import skip_before_convert_rgb_of_5_23
 from tests.helpers.mistakes import photo as small_photo
@@ -186,7 +186,7 @@ def test_folder_variants_match_transformers(tmp_path, small_image, variant):
     assert_same_text_inputs(out, theirs)
     assert torch.equal(out["pixel_values"], theirs["pixel_values"])
     n = (out["input_ids"][1] == ours.image_token_id).sum().item()
-    assert n == ours.image_seq_length
+    assert n == ours.num_image_tokens(*out["pixel_values"].shape[-2:])
     row = out["input_ids"][0][out["attention_mask"][0].bool()]
     assert row[0] == ours.bos_token_id and row[-1] != ours.eos_token_id
 
@@ -194,7 +194,8 @@ def test_folder_variants_match_transformers(tmp_path, small_image, variant):
 def test_attributes(folders):
     p = Processor.from_pretrained(folders[("llama2", False)])
     assert (p.image_token_id, p.pad_token_id, p.bos_token_id, p.eos_token_id) == (32000, 32001, 1, 2)
-    assert p.image_seq_length == 576 and p.padding_side == "left" and p.backend == "pil"
+    assert p.special_tokens == {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+    assert p.num_image_tokens(336, 336) == 576 and p.padding_side == "left" and p.backend == "pil"
     assert p.chat_template.startswith("{% for message in messages %}")
     assert p.tokenizer.token_to_id("<pad>") == 32001
 
@@ -242,9 +243,9 @@ def test_missing_processor_config_falls_back_to_model_config(tmp_path, folders, 
     ours = Processor.from_pretrained(folder)(PROMPTS[3], [small_image] * 2)
     theirs = hf_processor(folders[("llama2", False)])(text=PROMPTS[3], images=[small_image] * 2, return_tensors="pt")
     assert_same_text_inputs(ours, theirs)
-    assert Processor.from_pretrained(folder, config=LlavaConfig.from_json(folder)).image_seq_length == 576
-    (folder / "config.json").unlink()  # refused: see test_processor_options.py
-    with pytest.raises(TokenizerError, match="no config.json"):
+    assert Processor.from_pretrained(folder, config=LlavaConfig.from_json(folder)).num_image_tokens(336, 336) == 576
+    (folder / "config.json").unlink()  # then nothing says how many tokens an image is: refused, as transformers fails
+    with pytest.raises(ConfigError, match="processor_config.json: patch_size = None.*no config.json"):
         Processor.from_pretrained(folder)
 
 
@@ -363,13 +364,13 @@ def test_do_pad_matches_llava_image_processor(tmp_path, backend):
     assert type(hf.image_processor).__name__.startswith("LlavaImageProcessor")
     theirs = hf.image_processor(images, return_tensors="pt")["pixel_values"]
     ours = Processor.from_pretrained(folder, backend=backend)
-    assert ours.image_config["do_pad"]
+    assert ours.image_config["pad_to_square"] and not ours.image_config["pad_batch"]
     assert (ours.preprocess(images) - theirs).abs().max().item() <= 1e-6
     # the pad colour is int(255 * image_mean) = (122, 116, 104); images[0] is wide, so row 0 is padding
     mean, std = np.array(ours.image_config["image_mean"]), np.array(ours.image_config["image_std"])
     expected = torch.tensor((np.array([122, 116, 104]) / 255 - mean) / std, dtype=torch.float32)
     assert torch.allclose(ours.preprocess([images[0]])[0, :, 0, 0], expected, atol=1e-6)
-    assert not Processor.from_pretrained(folder, do_pad=False).image_config["do_pad"]
+    assert not Processor.from_pretrained(folder, pad_to_square=False).image_config["pad_to_square"]
 
 
 @pytest.mark.parametrize("backend", ["pil", "torch"])
@@ -445,6 +446,9 @@ def test_tokenizer_errors(tmp_path):
     tok = json.loads((folder / "tokenizer.json").read_text())
     tok["added_tokens"] = [t for t in tok["added_tokens"] if t["content"] != "<image>"]
     (folder / "tokenizer.json").write_text(json.dumps(tok))
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())  # declared there, it would be added back
+    del cfg["added_tokens_decoder"]["32000"]
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
     with pytest.raises(TokenizerError, match="tokenizer.json.*no '<image>' token"):
         Processor.from_pretrained(folder)
 

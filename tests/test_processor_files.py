@@ -26,8 +26,13 @@ def test_tokenizer_files(proc):
     d = json.loads(tok)
     d["added_tokens"] = [t for t in d["added_tokens"] if t["content"] != "<image>"]
     (proc / "tokenizer.json").write_text(json.dumps(d))
-    raises(TokenizerError, "tokenizer.json", "'<image>'", call=lambda: Processor.from_pretrained(proc))
+    tok_config = (proc / "tokenizer_config.json").read_text()
+    c = json.loads(tok_config)  # tokenizer_config.json declares it too: it would be added back
+    c["added_tokens_decoder"] = {i: t for i, t in c["added_tokens_decoder"].items() if t["content"] != "<image>"}
+    (proc / "tokenizer_config.json").write_text(json.dumps(c))
+    raises(TokenizerError, "tokenizer.json", "no '<image>' token", call=lambda: Processor.from_pretrained(proc))
     (proc / "tokenizer.json").write_text(tok)
+    (proc / "tokenizer_config.json").write_text(tok_config)
     assert Processor.from_pretrained(proc).image_token_id == 32000
 
 

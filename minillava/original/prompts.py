@@ -53,7 +53,7 @@ def prepare(processor, conversation_or_prompt, images=None, pad=True):
     out, n = {}, 0
     if images:
         padded = copy.copy(processor)  # the same processor with square padding switched on or off
-        padded.image_config = {**processor.image_config, "do_pad": pad}
+        padded.image_config = {**processor.image_config, "pad_to_square": pad}
         out["pixel_values"] = padded.preprocess(images)  # (N, 3, H, W)
         n = processor.num_image_tokens(*out["pixel_values"].shape[-2:])
     ids = torch.tensor([tokenize_original(processor, prompt, n, processor.image_token_id)])
