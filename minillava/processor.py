@@ -144,23 +144,23 @@ class Processor:
     def batch_decode(self, batch, skip_special_tokens=False):
         return [self.decode(ids, skip_special_tokens) for ids in batch]
 
-    def apply_chat_template(self, conversation, add_generation_prompt=False, chat_template=None, tokenize=False,
-                            return_dict=False, return_assistant_tokens_mask=False, **kwargs):
+    def apply_chat_template(self, conversation, add_generation_prompt=False, chat_template=None,
+                            tokenize=False, return_dict=False, return_assistant_tokens_mask=False, **kwargs):
         """The folder's chat template (or `chat_template`, a template text) rendered as transformers'
-        apply_chat_template renders it (minillava/template.py). A list of conversations gives a list of prompts.
-        minillava.chat.format_conversation is the same llava-1.5 format in plain Python, to read.
+        apply_chat_template renders it (minillava/template.py). A list of conversations gives a list of
+        prompts. minillava.chat.format_conversation is the same llava-1.5 format in plain Python, to read.
         tokenize=True: the ids (return_dict: a dict with the masks, pixel values and assistant_masks) that
         transformers returns with return_tensors="pt" (minillava/training.py, chat_inputs)."""
         template = chat_template or self.chat_template
         if not isinstance(template, str):
-            raise PromptError("this processor has no chat template (no chat_template.jinja, chat_template.json or "
-                              "'chat_template' in tokenizer_config.json): pass chat_template=, e.g. "
-                              "minillava.chat.LLAVA_CHAT_TEMPLATE for llava-1.5's format, or write the prompt yourself")
+            raise PromptError("this processor has no chat template (no chat_template.jinja, "
+                              "chat_template.json or 'chat_template' in tokenizer_config.json): pass "
+                              "chat_template=, e.g. minillava.chat.LLAVA_CHAT_TEMPLATE for llava-1.5's "
+                              "format, or write the prompt yourself")
         if tokenize:
             return chat_inputs(self, template, conversation, add_generation_prompt, return_dict,
                                return_assistant_tokens_mask, **kwargs)
-        special = {"bos_token": self.bos_token, "eos_token": self.eos_token, "unk_token": self.unk_token,
-                   "pad_token": self.pad_token}
+        special = self.special_tokens
         if is_batch(conversation):
             return [render(template, c, add_generation_prompt, special, **kwargs) for c in conversation]
         return render(template, conversation, add_generation_prompt, special, **kwargs)
