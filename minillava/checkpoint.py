@@ -1,19 +1,22 @@
 """Reading and writing checkpoint folders in the llava-hf layout (the safetensors weights; the JSON files
 are read by config.py and processor.py, and written here for the demo and converted checkpoints).
 
-Reading, into a model built on the meta device: the module tree mirrors the hub keys, so loading is a
-strict one-to-one assignment: every tensor in the files is used, every parameter is filled, and shapes must
-agree. The only renaming is the few layout aliases transformers itself writes or accepts (`canonical_key`;
-weights.md lists them). Tensors come from mmapped files and are assigned without a copy when the dtype
-already matches, so loading needs about one copy of the weights in memory, not two (the gpt-fast /
-`low_cpu_mem_usage` pattern).
+Reading, into a model built on the meta device, in three steps: `stored_tensors` reads the headers of the
+files (nothing else), `plan_weights` matches them to the model's parameters and decides the dtype each is
+kept in, `load_weights` reads them. The module tree mirrors the hub keys, so the match is a strict
+one-to-one: every tensor in the files is used, every parameter is filled, and shapes must agree. The only
+renaming is the few layout aliases transformers itself writes or accepts (`canonical_key`; weights.md lists
+them). Tensors come from mmapped files and are assigned without a copy when the dtype already matches, so
+loading needs about one copy of the weights in memory, not two (the gpt-fast / `low_cpu_mem_usage` pattern).
 """
 import json
 import math
 import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
@@ -23,7 +26,8 @@ from .images import CLIP_MEAN, CLIP_STD
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
-FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")  # safetensors' names of the dtypes loaded (and converted)
+# safetensors' names of the dtypes loaded (and converted): anything else (int, bool, fp8, fp4) is refused
+FLOAT_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth", "model.ckpt")
 
 
@@ -82,6 +86,20 @@ def canonical_key(key):
     return key
 
 
+@dataclass(frozen=True)
+class Tensor:
+    """One tensor of a checkpoint's files, as its header describes it (nothing is read), and once planned
+    (`plan_weights`) the dtype the model keeps it in."""
+    path: Path  # the safetensors file
+    key: str  # its name in that file
+    shape: tuple
+    stored: str  # its dtype, as safetensors names it: "F16", "BF16", "F32", ... ("I32", "F8_E4M3": refused)
+    dtype: torch.dtype = None  # what the model holds it in
+
+    def __str__(self):
+        return f"{self.key!r} in {self.path.name}"
+
+
 def _open(path):
     try:
         return safe_open(str(path), framework="pt", device="cpu")
@@ -89,24 +107,25 @@ def _open(path):
         raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt?): {e}") from None
 
 
-def open_checkpoint(folder):
-    """Open every safetensors file of `folder` (headers only, nothing is read yet):
-    {canonical key: (file handle, key in the file, file path)}. CheckpointError names a corrupt file."""
-    where = {}
+def stored_tensors(folder):
+    """{canonical key: Tensor} for every tensor in the safetensors files of `folder`, from their headers.
+    CheckpointError names a corrupt file, or a tensor stored twice under two layouts' names."""
+    tensors = {}
     for path in weight_files(folder):
         f = _open(path)
         for key in f.keys():
             name = canonical_key(key)
             if name is None:
                 continue
-            if name in where:
-                raise CheckpointError(f"{path}: tensor {key!r} is also stored as {where[name][1]!r} in {where[name][2].name}")
-            where[name] = (f, key, path)
-    return where
+            if name in tensors:
+                raise CheckpointError(f"{path}: tensor {key!r} is also stored as {tensors[name]}")
+            header = f.get_slice(key)
+            tensors[name] = Tensor(path, key, tuple(header.get_shape()), header.get_dtype())
+    return tensors
 
 
 def check_layer_counts(config, tensors, folder):
-    """config.json's layer counts against the layers stored (`tensors`: from open_checkpoint), before building."""
+    """config.json's layer counts against the layers stored (`tensors`: from stored_tensors), before building."""
     for prefix, where, n in [("language_model.model.layers.", "text_config", config.text_config.num_hidden_layers),
                              ("vision_tower.vision_model.encoder.layers.", "vision_config",
                               config.vision_config.num_hidden_layers)]:
@@ -126,53 +145,63 @@ def check_names(expected, stored, source):
             msg.append(f"{len(missing)} parameter(s) missing from the files, e.g. {missing[:3]}")
         if unexpected:
             msg.append(f"{len(unexpected)} tensor(s) in the files fit no parameter, e.g. "
-                       f"{', '.join(stored[k] for k in unexpected[:3])}")
+                       f"{', '.join(str(stored[k]) for k in unexpected[:3])}")
         raise CheckpointError(" ".join(msg))
 
 
-def load_weights(model, folder, device="cpu", dtype=torch.float32, progress=False, tensors=None):
-    """Fill the parameters of `model` (built on the meta device) from the checkpoint in `folder`
-    (`tensors`: what open_checkpoint(folder) returned, when the caller opened the files already).
-    dtype: one dtype for every tensor, or {parameter name: dtype} (loading.weight_dtypes)."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
-    tied = getattr(model.config, "tie_word_embeddings", False)
-    where = dict(open_checkpoint(folder) if tensors is None else tensors)
-    if tied:  # a tied lm_head is the embedding matrix; a stored copy is allowed but not needed
-        where.pop("language_model.lm_head.weight", None)
-        expected.pop("language_model.lm_head.weight", None)
-    check_names(expected, {name: f"{key!r} in {path.name}" for name, (_, key, path) in where.items()}, folder)
-    state = {}
-    for i, (name, shape) in enumerate(expected.items()):
-        f, key, path = where[name]
+def plan_weights(model, tensors, folder, dtype=torch.float32, keep_stored=()):
+    """What each parameter of `model` (built on the meta device) is read from and kept in: {name: Tensor}.
+
+    Strict: every parameter is one stored tensor of its shape and a float dtype, every stored tensor is
+    used. A weight tied to another (lm_head to the embeddings, `Llava.__init__`) is one parameter; a stored
+    copy of it is allowed and never read. Each is kept in `dtype`, except the parameters named in
+    `keep_stored`, which keep a float16 or bfloat16 file's dtype (layers.py widens them as they are used)."""
+    params = dict(model.named_parameters())  # a tied weight once, under its first name
+    copies = set(model.state_dict(keep_vars=True)) - set(params)  # the other names of tied weights
+    tensors = {k: t for k, t in tensors.items() if k not in copies}
+    check_names(params, tensors, folder)
+    plan = {}
+    for name, p in params.items():
+        t = tensors[name]
+        if t.shape != tuple(p.shape):
+            raise CheckpointError(f"{t.path.name}: tensor {t.key!r} has shape {list(t.shape)}, config.json "
+                                  f"implies {list(p.shape)} (a config.json from another model?)")
+        if t.stored not in FLOAT_DTYPES:  # int, bool, complex, fp8/fp4 (quantized, needs scales)
+            raise CheckpointError(f"{t.path.name}: tensor {t.key!r} has dtype {t.stored}, expected one of "
+                                  f"{', '.join(FLOAT_DTYPES)} (a quantized or non-float checkpoint?)")
+        narrow = FLOAT_DTYPES[t.stored] in (torch.float16, torch.bfloat16)
+        plan[name] = replace(t, dtype=FLOAT_DTYPES[t.stored] if name in keep_stored and narrow else dtype)
+    return plan
+
+
+def load_weights(model, plan, device="cpu", progress=False):
+    """Read each tensor of `plan` (plan_weights) from its file into the dtype the plan gives it, on `device`
+    (no copy where both already match), and assign them to `model`."""
+    files, state = {}, {}
+    for i, (name, t) in enumerate(plan.items()):
+        if t.path not in files:
+            files[t.path] = _open(t.path)
         try:
-            info = f.get_slice(key)
-            stored, stored_dtype = tuple(info.get_shape()), info.get_dtype()
-            if stored != shape:
-                raise CheckpointError(f"{path.name}: tensor {key!r} has shape {list(stored)}, "
-                                      f"config.json implies {list(shape)}")
-            if stored_dtype not in FLOAT_DTYPES:  # int, bool, complex, fp8/fp4 (quantized, needs scales)
-                raise CheckpointError(f"{path.name}: tensor {key!r} has dtype {stored_dtype}, expected one of "
-                                      f"{', '.join(FLOAT_DTYPES)} (a quantized or non-float checkpoint?)")
-            t = f.get_tensor(key)
+            x = files[t.path].get_tensor(t.key)
         except (SafetensorError, OSError, RuntimeError, ValueError, TypeError) as e:
-            raise CheckpointError(f"{path}: cannot read tensor {key!r}: {e}") from None
-        state[name] = t.to(device=device, dtype=dtype[name] if isinstance(dtype, dict) else dtype)  # no copy when both match
+            raise CheckpointError(f"{t.path}: cannot read tensor {t.key!r}: {e}") from None
+        state[name] = x.to(device=device, dtype=t.dtype)
         if progress:
-            _progress_bar(i + 1, len(expected))
+            _progress_bar(i + 1, len(plan))
     return assign_weights(model, state)
 
 
 def assign_weights(model, state):
-    """Give a model built on the meta device its tensors, as they are (no copy), strictly, frozen for inference.
-    A tied lm_head is the embedding matrix itself. (original/convert.py assigns the original release this way too.)"""
-    tied = getattr(model.config, "tie_word_embeddings", False)
-    if tied:
-        state["language_model.lm_head.weight"] = state["language_model.model.embed_tokens.weight"]
-    model.load_state_dict(state, strict=True, assign=True)
-    if tied:  # assign=True replaced both parameters; make them one again
-        model.language_model.lm_head.weight = model.language_model.model.embed_tokens.weight
-    for p in model.parameters():
-        p.requires_grad_(False)
+    """Give a model built on the meta device its tensors as they are (no copy), frozen for inference.
+    `state` has one tensor per parameter, under the names `model.named_parameters()` gives (a tied weight
+    once); a tied weight stays one parameter wherever it sits. (original/convert.py assigns the original
+    release this way too.)"""
+    new = {}  # id of the meta parameter -> its replacement, shared by every module that holds it
+    for name, p in list(model.named_parameters(remove_duplicate=False)):
+        if id(p) not in new:  # the first name of a tied weight is the one named_parameters() gives
+            new[id(p)] = nn.Parameter(state[name], requires_grad=False)
+        module, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(module), attr, new[id(p)])
     return model
 
 

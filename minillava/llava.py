@@ -69,9 +69,10 @@ class Llava(nn.Module):
         return x.masked_scatter(is_image[..., None], image_features.to(x.dtype))
 
     def embed_tokens(self, input_ids):
-        """Plain token embeddings, (B, T) -> (B, T, D); an `<image>` id gets its (untrained) row, as a
+        """Plain token embeddings, (B, T) -> (B, T, D) in the model's dtype (a table kept in the file's
+        dtype gives its rows in that dtype: layers.py); an `<image>` id gets its (untrained) row, as a
         generated token does in transformers."""
-        return self.language_model.model.embed_tokens(input_ids.to(self.device))
+        return self.language_model.model.embed_tokens(input_ids.to(self.device)).to(self.dtype)
 
     def new_cache(self, batch_size, max_len):
         return self.language_model.new_cache(batch_size, max_len)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import check_layer_counts, load_weights, open_checkpoint
+from .checkpoint import check_layer_counts, load_weights, plan_weights, stored_tensors
 from .config import DTYPES, LlavaConfig
 from .errors import CheckpointError, ConfigError, DeviceError
 from .layers import Embedding, Linear
@@ -29,7 +29,6 @@ from .processor import Processor
 
 DEMO = Path(__file__).parent / "demo"  # the tiny LLaVA minillava trains itself (minillava/demo/train.py)
 WEIGHTS = ("stored", "materialized")
-NARROW = {"F16": torch.float16, "BF16": torch.bfloat16}  # safetensors dtypes a float32 model can keep as stored
 KV_POSITIONS = 1024  # the KV cache a chat session starts with (generation.py), in the memory estimate
 GB = 1e9
 
@@ -58,20 +57,16 @@ def load_model(path, device="cpu", dtype=None, weights="stored", progress=False)
     config = LlavaConfig.from_json(path)
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device, config.dtype)
-    tensors = open_checkpoint(path)  # a corrupt or missing file fails here, before anything is built
+    tensors = stored_tensors(path)  # a corrupt or missing file fails here, before anything is built
     check_layer_counts(config, tensors, path)  # and so does a config claiming other (or 10**9) layers
     try:
         with torch.device("meta"):
             model = Llava(config)
     except (RuntimeError, TypeError, OverflowError, ValueError) as e:  # sizes torch cannot even describe
         raise ConfigError(f"{path / 'config.json'}: no model of these sizes can be built ({e})") from None
-    plan = weight_dtypes(model, tensors, dtype, weights)
-    check_memory(model, plan, device, dtype, path, tensors)
-    load_weights(model, path, device=device, dtype=plan, progress=progress, tensors=tensors)
-    for m in model.modules():
-        if isinstance(m, Embedding):
-            m.compute_dtype = dtype  # rows looked up in a table kept as stored come out in the compute dtype
-    return model.eval()
+    plan = plan_weights(model, tensors, path, dtype, kept_as_stored(model, dtype, weights))
+    check_memory(model, tensors, device, dtype, weights, path)
+    return load_weights(model, plan, device=device, progress=progress).eval()
 
 
 def _hub_hint(path):
@@ -82,20 +77,13 @@ def _hub_hint(path):
             f"--local-dir {path.parts[1]}, see weights.md)")
 
 
-def weight_dtypes(model, tensors, dtype, weights):
-    """{parameter name: the dtype it is held in}: `dtype`, except, with weights="stored" and a float32 dtype, the
-    weight of each Linear and Embedding stored as float16/bfloat16, which stays as stored (layers.py widens it).
-    Small tensors (norms, biases, the patch convolution, the class embedding) are always converted."""
-    keep = set()
-    if weights == "stored" and dtype == torch.float32:
-        keep = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, (Linear, Embedding))}
-    tied = {"language_model.lm_head.weight": "language_model.model.embed_tokens.weight"}  # when no copy is stored
-    plan = {}
-    for name in model.state_dict(keep_vars=True):
-        entry = tensors.get(name) or tensors.get(tied.get(name))
-        stored = NARROW.get(entry[0].get_slice(entry[1]).get_dtype()) if entry else None  # missing: load_weights says
-        plan[name] = stored if name in keep and stored is not None else dtype
-    return plan
+def kept_as_stored(model, dtype, weights):
+    """The parameters that keep a float16/bfloat16 file's dtype: with weights="stored" and a float32 dtype, the
+    weight of every Linear and Embedding (layers.py widens it as it is used). Small tensors (norms, biases,
+    the patch convolution, the class embedding) are always converted."""
+    if weights != "stored" or dtype != torch.float32:
+        return set()
+    return {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, (Linear, Embedding))}
 
 
 def resolve_device(device):
@@ -133,20 +121,20 @@ def resolve_dtype(dtype, device, checkpoint_dtype=None):
 
 # --- the memory check: before anything is allocated, what the chosen mode needs against what is free ---------
 
-def memory_needed(model, plan, dtype, device):
-    """Bytes the model will hold on `device`: {"weights": ..., "KV cache": ..., "activations": ...}.
+def memory_needed(model, dtypes, dtype):
+    """Bytes the model will hold on its device: {"weights": ..., "KV cache": ..., "activations": ...}.
 
-    weights: every parameter in the dtype `plan` gives it (memory-mapped or copied, it must be resident to run
-    at speed); KV cache: KV_POSITIONS positions in `dtype`; activations: one 1024-token forward (the MLP's
-    hidden states, one attention matrix, the logits) + 0.5 GB for torch itself, and the buffer the largest
-    stored weight is widened into (layers.py: a prompt converts each weight whole)."""
+    weights: every parameter in the dtype `dtypes` ({name: dtype}) gives it (memory-mapped or copied, it must
+    be resident to run at speed); KV cache: KV_POSITIONS positions in `dtype`; activations: one 1024-token
+    forward (the MLP's hidden states, one attention matrix, the logits) + 0.5 GB for torch itself, and the
+    buffer the largest stored weight is widened into (layers.py: a prompt converts each weight whole)."""
     params = dict(model.named_parameters())  # tied weights once
-    weights = sum(p.numel() * plan[name].itemsize for name, p in params.items())
+    weights = sum(p.numel() * dtypes[name].itemsize for name, p in params.items())
     t = model.config.text_config
     kv = 2 * t.num_hidden_layers * t.num_key_value_heads * t.head_dim * KV_POSITIONS * dtype.itemsize
     T = KV_POSITIONS
     act = (T * (3 * t.intermediate_size + t.vocab_size) + t.num_attention_heads * T * T) * 4 + 2**29
-    act += max((p.numel() for n, p in params.items() if plan[n] != dtype), default=0) * dtype.itemsize
+    act += max((p.numel() for n, p in params.items() if dtypes[n] != dtype), default=0) * dtype.itemsize
     return {"weights": weights, "KV cache": kv, "activations": act}
 
 
@@ -183,12 +171,18 @@ def memory_available(device):
     return None, f"not measured on {sys.platform}"
 
 
-def check_memory(model, plan, device, dtype, path, tensors):
+def mode_memory(model, tensors, folder, dtype, weights):
+    """memory_needed of a load mode (`dtype`, `weights`) on the stored tensors of a folder."""
+    plan = plan_weights(model, tensors, folder, dtype, kept_as_stored(model, dtype, weights))
+    return memory_needed(model, {name: t.dtype for name, t in plan.items()}, dtype)
+
+
+def check_memory(model, tensors, device, dtype, weights, path):
     """DeviceError, before any weight is read, when the mode cannot fit: the figures, and which mode would."""
     available, source = memory_available(device)
     if available is None:
         return
-    need = memory_needed(model, plan, dtype, device)
+    need = mode_memory(model, tensors, path, dtype, weights)
     if sum(need.values()) <= available:
         return
     half = model.config.dtype if model.config.dtype in ("float16", "bfloat16") else "bfloat16"
@@ -196,7 +190,7 @@ def check_memory(model, plan, device, dtype, path, tensors):
     for label, d, w in [("dtype='float32', weights='stored'", torch.float32, "stored"),
                         ("dtype='float32', weights='materialized'", torch.float32, "materialized"),
                         (f"dtype='{half}'", getattr(torch, half), "stored")]:
-        other = sum(memory_needed(model, weight_dtypes(model, tensors, d, w), d, device).values())
+        other = sum(mode_memory(model, tensors, path, d, w).values())
         if other <= available:
             fits.append(f"{label} needs {other / GB:.1f} GB and fits")
     where = "GPU" if device.type == "cuda" else "memory"

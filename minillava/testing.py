@@ -71,11 +71,10 @@ def hub_config(variant="mha", dtype="float32"):
 def random_state(config, seed=0, dtype=torch.float32):
     """{hub key: random tensor} for every parameter of the model `config` describes (the module tree is the
     key layout). Scaled so every parameter matters: unit-variance linear outputs, norm gains 1 +- 0.3,
-    biases 0.1, embeddings 0.7. A tied lm_head is left out, as save_pretrained leaves it out."""
+    biases 0.1, embeddings 0.7. A tied lm_head is the embeddings' parameter: left out, as save_pretrained
+    leaves it out."""
     with torch.device("meta"):
-        shapes = {k: tuple(v.shape) for k, v in Llava(config).state_dict().items()}
-    if config.tie_word_embeddings:
-        shapes.pop("language_model.lm_head.weight")
+        shapes = {k: tuple(v.shape) for k, v in Llava(config).named_parameters()}
     g = torch.Generator().manual_seed(seed)
     state = {}
     for name, shape in sorted(shapes.items()):

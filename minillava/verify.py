@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import FLOAT_DTYPES, INDEX, check_layer_counts, check_names, open_checkpoint, weight_files
+from .checkpoint import INDEX, check_layer_counts, plan_weights, stored_tensors, weight_files
 from .compare import compare
 from .config import LlavaConfig
 from .errors import CheckpointError, ConfigError, TokenizerError
@@ -190,25 +190,12 @@ def read_header(path):
 
 
 def check_tensors(config, folder):
-    """Names, shapes and dtypes of the stored tensors against the model config.json describes (nothing read)."""
-    tensors = open_checkpoint(folder)
+    """Names, shapes and dtypes of the stored tensors against the model config.json describes (nothing read):
+    the plan the loader makes (checkpoint.plan_weights). Returns the number of tensors the model reads."""
+    tensors = stored_tensors(folder)
     check_layer_counts(config, tensors, folder)
     with torch.device("meta"):
-        expected = {k: tuple(p.shape) for k, p in Llava(config).state_dict().items()}
-    if config.tie_word_embeddings:  # a tied lm_head is the embedding matrix; a stored copy is allowed
-        tensors.pop("language_model.lm_head.weight", None)
-        expected.pop("language_model.lm_head.weight")
-    check_names(expected, {k: f"{key!r} in {path.name}" for k, (_, key, path) in tensors.items()}, folder)
-    for name, shape in expected.items():
-        f, key, path = tensors[name]
-        info = f.get_slice(key)
-        if tuple(info.get_shape()) != shape:
-            raise CheckpointError(f"{path.name}: tensor {key!r} has shape {list(info.get_shape())}, config.json "
-                                  f"implies {list(shape)} (a config.json from another model?)")
-        if info.get_dtype() not in FLOAT_DTYPES:
-            raise CheckpointError(f"{path.name}: tensor {key!r} has dtype {info.get_dtype()}, expected one of "
-                                  f"{', '.join(FLOAT_DTYPES)}")
-    return len(tensors)
+        return len(plan_weights(Llava(config), tensors, folder))
 
 
 def check_processor(config, processor, folder):

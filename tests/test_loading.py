@@ -10,7 +10,7 @@ import torch
 
 import minillava
 from minillava import DeviceError, Llava, LlavaConfig, layers, load_model, loading
-from minillava.checkpoint import open_checkpoint
+from minillava.checkpoint import stored_tensors
 from minillava.loading import WEIGHTS, resolve_device, resolve_dtype
 from tests.helpers import checkpoints as C
 from tests.helpers.mistakes import raises
@@ -84,6 +84,7 @@ def test_stored_weights_give_transformers_float32_exactly(monkeypatch, half_fold
     lm = ours.language_model
     assert ours.dtype == torch.float32 and lm.model.norm.weight.dtype == torch.float32
     assert lm.lm_head.weight.dtype == lm.model.embed_tokens.weight.dtype == dtype
+    assert ours.embed_tokens(torch.tensor([[3, 1]])).dtype == torch.float32  # the rows, widened
     assert lm.model.layers[0].mlp.down_proj.weight.dtype == ours.multi_modal_projector.linear_1.weight.dtype == dtype
     assert ours.vision_tower.vision_model.embeddings.patch_embedding.weight.dtype == torch.float32  # small: converted
     ids, pv = image_prompt(ours)
@@ -127,13 +128,12 @@ def sparse_7b(tmp_path_factory):
     return C.sparse_checkpoint(tmp_path_factory.mktemp("sparse") / "llava-1.5-7b-hf", REAL_CONFIGS["llava-1.5-7b-hf"])
 
 
-def needs(folder, dtype, weights, device="cpu"):
+def needs(folder, dtype, weights):
     """What the memory check computes for a mode, in bytes."""
     config = LlavaConfig.from_json(folder)
     with torch.device("meta"):
         model = Llava(config)
-    plan = loading.weight_dtypes(model, open_checkpoint(folder), dtype, weights)
-    return sum(loading.memory_needed(model, plan, dtype, torch.device(device)).values())
+    return sum(loading.mode_memory(model, stored_tensors(folder), folder, dtype, weights).values())
 
 
 def fake_available(monkeypatch, nbytes, source="faked by the test"):

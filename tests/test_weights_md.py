@@ -208,17 +208,16 @@ MODES = {"float32 stored": (torch.float32, "stored"), "float32 materialized": (t
 def test_memory_each_mode_needs(tmp_path):
     """The figures the memory check computes, on full-size 7b and 13b checkpoints whose files are all hole."""
     from minillava import loading
-    from minillava.checkpoint import open_checkpoint
+    from minillava.checkpoint import stored_tensors
     table = rows("modes")
     assert {(r[0], r[1], r[2]) for r in table} == {(n, d, m) for n in NAMES[:2] for d in ("cpu", "cuda") for m in MODES}
     for name in NAMES[:2]:
         folder = C.sparse_checkpoint(tmp_path / name, REAL_CONFIGS[name])
-        tensors = open_checkpoint(folder)
+        tensors = stored_tensors(folder)
         cfg, m = model(name)
         for _, device, mode, need, machine in (r for r in table if r[0] == name):
             dtype, weights = MODES[mode]
-            total = sum(loading.memory_needed(m, loading.weight_dtypes(m, tensors, dtype, weights), dtype,
-                                              torch.device(device)).values())
+            total = sum(loading.mode_memory(m, tensors, folder, dtype, weights).values())
             assert need == f"{total / 1e9:.1f} GB", (name, device, mode)
             size = int(re.search(r"(\d+) GB", machine).group(1)) * 2**30  # RAM and GPUs come in GiB
             # the machine named leaves room: 15% of RAM for the system and other programs, 5% of a GPU for the driver

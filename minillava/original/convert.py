@@ -214,7 +214,7 @@ def load_original(folder, clip_folder, device="cpu", dtype=None):
 def check_memory(model, folder, device, dtype):
     """DeviceError, before any weight is read, when every weight converted to `dtype` cannot fit."""
     available, source = memory_available(device)
-    need = sum(memory_needed(model, dict.fromkeys(model.state_dict(keep_vars=True), dtype), dtype, device).values())
+    need = sum(memory_needed(model, dict.fromkeys(model.state_dict(keep_vars=True), dtype), dtype).values())
     if available is not None and need > available:
         raise DeviceError(f"{folder}: loading this original checkpoint needs {need / 1e9:.1f} GB on {device} (all "
                           f"{str(dtype)[6:]}), {available / 1e9:.1f} GB are available ({source}); convert it once "
