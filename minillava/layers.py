@@ -18,7 +18,7 @@ never copied) and compute in the dtype of their input, widening the weight as it
   (MKL with 2 threads does for blocks of 64 rows; MKL with 16 threads did not for a one-token product), so
   the first call of each shape computes both and keeps the blocks only where they agree bit for bit.
   On a GPU the whole matrix is always converted at once (one conversion kernel, then one matrix product).
-- `Embedding` looks rows up in the stored table and converts just those rows.
+- `Embedding` looks rows up in the stored table; the model converts just those rows (`Llava.embed_tokens`).
 
 A weight already in the input's dtype (the float32 a demo trains, or a half-precision model) takes the
 plain `F.linear` path, with autograd. Which weights stay stored is decided by minillava/loading.py.
@@ -94,14 +94,8 @@ class Linear(nn.Linear):
 
 
 class Embedding(nn.Embedding):
-    """nn.Embedding that returns `compute_dtype` rows (set by the loader when the table stays stored)."""
-
-    compute_dtype = None  # None: the table's own dtype
+    """nn.Embedding without the random init on the meta device; its rows come in the table's dtype."""
 
     def reset_parameters(self):
         if not self.weight.is_meta:
             super().reset_parameters()
-
-    def forward(self, ids):
-        rows = super().forward(ids)
-        return rows if self.compute_dtype is None else rows.to(self.compute_dtype)

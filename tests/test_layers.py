@@ -98,17 +98,6 @@ def test_stored_weight_still_gives_input_gradients():
     assert torch.equal(x.grad, lin.weight.float().sum(0).expand(3, 8))
 
 
-@pytest.mark.parametrize("dtype", HALF)
-def test_embedding_rows_in_the_compute_dtype(dtype):
-    emb = Embedding(10, 4)
-    table = emb.weight.detach().clone()
-    emb.weight = torch.nn.Parameter(table.to(dtype), requires_grad=False)
-    ids = torch.tensor([[3, 1, 3]])
-    assert emb(ids).dtype == dtype  # no compute dtype set: the table's
-    emb.compute_dtype = torch.float32
-    assert torch.equal(emb(ids), table.to(dtype).float()[ids])
-
-
 def test_no_random_init_on_meta():
     with torch.device("meta"):
         assert Embedding(32064, 4096).weight.is_meta
