@@ -49,9 +49,10 @@ class Processor:
         self.image_token, self.image_token_id = image_token, tokenizer.token_to_id(image_token)
         # {"bos_token": "<s>", "eos_token": "</s>", "unk_token": ..., "pad_token": ...}; None where unset
         self.special_tokens = dict(special_tokens or {})
-        ids = {k: tokenizer.token_to_id(v) for k, v in self.special_tokens.items() if v is not None}
-        self.bos_token_id, self.eos_token_id, self.pad_token_id = (ids.get(k) for k in
-                                                                   ("bos_token", "eos_token", "pad_token"))
+        token_id = {k: tokenizer.token_to_id(v) for k, v in self.special_tokens.items() if v is not None}
+        self.bos_token_id = token_id.get("bos_token")
+        self.eos_token_id = token_id.get("eos_token")
+        self.pad_token_id = token_id.get("pad_token")
         self.padding_side, self.chat_template = padding_side, chat_template
         self.backend = check_backend(backend)
 

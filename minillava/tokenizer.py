@@ -110,19 +110,19 @@ def declared_tokens(folder, tok_config, tokenizer, special):
     added_tokens.json, overridden by tokenizer.json's own added tokens (transformers' legacy path)."""
     if "added_tokens_decoder" in tok_config:
         entries = tok_config["added_tokens_decoder"]
-        try:
-            return [AddedToken(**entries[i]) for i in sorted(entries, key=int)]
-        except (TypeError, ValueError) as e:
+        try:  # older transformers saved a "__type": "AddedToken" beside the fields
+            return [AddedToken(**{k: v for k, v in entries[i].items() if k != "__type"})
+                    for i in sorted(entries, key=int)]
+        except (TypeError, ValueError, AttributeError) as e:
             raise TokenizerError(f"{folder / 'tokenizer_config.json'}: added_tokens_decoder is not a map of "
                                  f"token ids to added tokens ({e})") from None
     by_id = {}
     if (folder / "added_tokens.json").is_file():
         for content, i in read_json(folder / "added_tokens.json").items():
+            if type(i) is not int:
+                raise TokenizerError(f"{folder / 'added_tokens.json'}: {content!r} has id {i!r}, expected an "
+                                     f"integer")
             is_special = content in special.values()
             by_id[i] = AddedToken(content, normalized=not is_special, special=is_special)
     by_id.update(tokenizer.get_added_tokens_decoder())
-    try:
-        return [by_id[i] for i in sorted(by_id)]
-    except TypeError:
-        raise TokenizerError(f"{folder / 'added_tokens.json'}: expected a map of tokens to integer "
-                             f"ids") from None
+    return [by_id[i] for i in sorted(by_id)]

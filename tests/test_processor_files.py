@@ -80,3 +80,18 @@ def test_processor_settings_of_the_wrong_kind(proc, file, key, value):
 def test_processor_folder_missing(tmp_path):
     raises(TokenizerError, tmp_path / "nowhere", "not a folder",
            call=lambda: Processor.from_pretrained(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize("file,value", [("tokenizer_config.json", [1, 2]), ("tokenizer_config.json", {"5": "<x>"}),
+                                        ("tokenizer_config.json", {"5": {"content": 5}}),
+                                        ("added_tokens.json", {"<x>": [5]})])
+def test_added_tokens_of_the_wrong_kind(proc, file, value):
+    tok_config = json.loads((proc / "tokenizer_config.json").read_text())
+    if file == "added_tokens.json":  # read only when tokenizer_config.json has no added_tokens_decoder
+        del tok_config["added_tokens_decoder"]
+        (proc / file).write_text(json.dumps(value))
+    else:
+        tok_config["added_tokens_decoder"] = value
+    (proc / "tokenizer_config.json").write_text(json.dumps(tok_config))
+    raises(TokenizerError, file, "added_tokens_decoder" if file == "tokenizer_config.json" else "'<x>'",
+           call=lambda: Processor.from_pretrained(proc))

@@ -52,8 +52,8 @@ def ids_of(tokenizer, texts):
     return [tokenizer.encode(s).ids for s in texts]
 
 
-@pytest.mark.parametrize("config", [True, None], ids=["with config.json", "processor files only"])
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name, config", [(name, None) for name in NAMES] + [("mistral", True), ("demo", True)],
+                         ids=lambda x: {None: "processor files only", True: "with config.json"}.get(x, x))
 def test_the_tokenizer_transformers_builds(tmp_path, name, config):
     folder = files(tmp_path, name, config)
     theirs = AutoTokenizer.from_pretrained(folder)
