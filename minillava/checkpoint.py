@@ -94,7 +94,7 @@ class Tensor:
     key: str  # its name in that file
     shape: tuple
     stored: str  # its dtype, as safetensors names it: "F16", "BF16", "F32", ... ("I32", "F8_E4M3": refused)
-    dtype: torch.dtype = None  # what the model holds it in
+    dtype: torch.dtype | None = None  # what the model holds it in
 
     def __str__(self):
         return f"{self.key!r} in {self.path.name}"
