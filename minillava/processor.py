@@ -59,9 +59,10 @@ class Processor:
     @classmethod
     def from_pretrained(cls, folder, config=None, backend="pil", pad_to_square=None):
         """Read a llava-hf checkpoint folder. config: a LlavaConfig (else the folder's config.json, where it
-        has one), to check the files against and to fill in what processor_config.json leaves out; without
-        either the folder is read as processor files alone. pad_to_square: True or False overrides the
-        folder's choice (a LlavaImageProcessor's `do_pad`)."""
+        has one), to check the files against and to fill in what processor_config.json leaves out; with one,
+        tokenizer.json is used as it is (as AutoTokenizer does given a llava config), without either the
+        folder is read as processor files alone (minillava/tokenizer.py). pad_to_square: True or False
+        overrides the folder's choice (a LlavaImageProcessor's `do_pad`)."""
         folder = Path(folder)
         if not folder.is_dir():
             raise TokenizerError(f"{folder}: not a folder (expected a llava-hf checkpoint folder with "
