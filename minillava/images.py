@@ -183,9 +183,9 @@ def _check_size(x, where):
     return x
 
 
-def pad_to_square(x, background):
-    """(H, W, 3) -> (S, S, 3), S = max(H, W), image centred (LLaVA's expand2square,
-    LlavaImageProcessor.pad_to_square)."""
+def expand2square(x, background):
+    """(H, W, 3) -> (S, S, 3), S = max(H, W), image centred: the original LLaVA's function of this name
+    (LlavaImageProcessor.pad_to_square in transformers)."""
     h, w, _ = x.shape
     if h == w:
         return x

@@ -22,11 +22,11 @@ from .config import LlavaConfig, read_json
 from .errors import ConfigError, ImageError, PromptError, TokenizerError
 from .images import (
     check_backend,
+    expand2square,
     flat_list,
     image_settings,
     load_image,
     pad_images,
-    pad_to_square,
     pixels_pil,
     pixels_torch,
 )
@@ -169,16 +169,18 @@ class Processor:
 
     # ---- images -----------------------------------------------------------------------------------------
 
-    def preprocess(self, images, backend=None):
-        """images -> pixel_values (N, 3, crop_h, crop_w) float32."""
+    def preprocess(self, images, backend=None, pad_to_square=None):
+        """images -> pixel_values (N, 3, crop_h, crop_w) float32. pad_to_square: True or False overrides the
+        folder's choice for this call (LLaVA-1.5 trained with it on; llava-hf's processor has it off)."""
         backend = self.backend if backend is None else check_backend(backend)
         c = self.image_config
+        square = c["pad_to_square"] if pad_to_square is None else pad_to_square
         pixels = []
         for i, image in enumerate(flat_list(images)):
             x = load_image(image, i, composite="numpy" if backend == "pil" else "torch",
                            convert_rgb=c["do_convert_rgb"])  # (H, W, 3) uint8
-            if c["pad_to_square"]:  # the original LLaVA's expand2square, background = the mean colour
-                x = pad_to_square(x, tuple(int(m * 255) for m in c["image_mean"]))
+            if square:  # the original LLaVA's expand2square, background = the mean colour
+                x = expand2square(x, tuple(int(m * 255) for m in c["image_mean"]))
             pixels.append(pixels_pil(x, c) if backend == "pil" else pixels_torch(x, c))
         if c["pad_batch"]:
             return pad_images(pixels, c["pad_size"])

@@ -1,6 +1,5 @@
 """Original mode: prompts and images the way the original LLaVA repository makes them (its vicuna_v1
 conversation, `tokenizer_image_token`, `expand2square`), for comparing against the original release."""
-import copy
 
 import torch
 
@@ -52,9 +51,7 @@ def prepare(processor, conversation_or_prompt, images=None, pad=True):
                           f"{len(images)} image(s) were given")
     out, n = {}, 0
     if images:
-        padded = copy.copy(processor)  # the same processor with square padding switched on or off
-        padded.image_config = {**processor.image_config, "pad_to_square": pad}
-        out["pixel_values"] = padded.preprocess(images)  # (N, 3, H, W)
+        out["pixel_values"] = processor.preprocess(images, pad_to_square=pad)  # (N, 3, H, W)
         n = processor.num_image_tokens(*out["pixel_values"].shape[-2:])
     ids = torch.tensor([tokenize_original(processor, prompt, n, processor.image_token_id)])
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), **out}
