@@ -52,7 +52,6 @@ of a wide image (`pad_images=False`). (The original opens files with PIL's conve
 rotation minillava and transformers apply.) Batches are right-padded as the original's collator pads (pad ids,
 labels -100); `max_length` cuts as its `model_max_length` does, but never into an image's tokens.
 """
-import copy
 from pathlib import Path
 
 import torch
@@ -154,19 +153,15 @@ def _render_chat(processor, template, conversation, add_generation_prompt=False,
     if not isinstance(template, str):
         raise PromptError("this processor has no chat template (chat_template.jinja, chat_template.json or "
                           "tokenizer_config.json): the 'template' format needs one")
-    special = {k: getattr(processor, k) for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
-    return render(template, conversation, add_generation_prompt, special, spans=True, **kwargs)
+    return render(template, conversation, add_generation_prompt, processor.special_tokens, spans=True, **kwargs)
 
 
 def _pixels(processor, image, folder, pad, name):
     """One record's image -> (1, 3, H, W); a path is relative to `folder`. pad: LLaVA-1.5's pad-to-square."""
     if isinstance(image, (str, Path)) and folder is not None:
         image = Path(folder) / image
-    if pad:
-        processor = copy.copy(processor)  # the same processor with square padding on
-        processor.image_config = {**processor.image_config, "do_pad": True}
     try:
-        return processor.preprocess([image])
+        return processor.preprocess([image], pad_to_square=True if pad else None)
     except ImageError as e:
         raise TrainingError(f"{name}: {e}") from None
 
@@ -237,8 +232,9 @@ def chat_inputs(processor, template, conversation, add_generation_prompt=False, 
     texts, spans, images = [], [], []
     for c in conversations:
         text, found = _render_chat(processor, template, c, add_generation_prompt, **kwargs)
-        if processor.bos_token and text.startswith(processor.bos_token):  # transformers then adds no BOS of its own
-            raise PromptError(f"the chat template writes the BOS token {processor.bos_token!r} itself; minillava's "
+        bos = processor.special_tokens.get("bos_token")
+        if bos and text.startswith(bos):  # transformers then adds no BOS of its own
+            raise PromptError(f"the chat template writes the BOS token {bos!r} itself; minillava's "
                               f"tokenize=True would add a second one: render with tokenize=False and tokenize without it")
         texts.append(text)
         spans.append(found)
