@@ -418,7 +418,7 @@ def readme_sources():
     return {"Set up, run, test": as_numbers([float(torch_minimum)]),
             "Command line": as_numbers([128, 128 + signal.SIGINT]),
             "The modules": as_numbers(lines),
-            'What "the same as transformers" means': as_numbers([llava_tolerance, bf16_tolerance, transformers_minimum,
+            'What "the same as transformers" means': as_numbers([llava_tolerance, bf16_tolerance, transformers_minimum, *ids,
                                                                  *training]),
             "Training": as_numbers(training),
             "Notebooks": dataset_facts(),
