@@ -13,8 +13,11 @@ transformers/utils/chat_template_utils.py, `_cached_compile_jinja_template` and 
   prompt, the character spans transformers turns into `assistant_masks` (minillava/training.py);
 - the helpers templates call: `raise_exception(message)`, `strftime_now(format)`, and a `tojson` filter
   that keeps non-ASCII characters and does not escape HTML;
-- the variables: `messages`, `add_generation_prompt`, `tools` and `documents` (None), and the special
-  tokens (`bos_token`, `eos_token`, `unk_token`, `pad_token`);
+- the variables: `messages`, `add_generation_prompt`, `tools` and `documents` (None unless given), and the
+  special tokens (`bos_token`, `eos_token`, `unk_token`, `pad_token`);
+- and, beyond transformers, limits (minillava/sandbox.py, limits.py): a template that loops, recurses or grows
+  text without end stops soon and small, with a PromptError naming where it came from and why; so does every
+  other error a template raises;
 - messages copied as plain JSON data (keys whose value is None dropped; anything else, such as a PIL
   image inside a content item, replaced by a placeholder string naming its type), and OpenAI-style
   `{"type": "image_url"}` items turned into `{"type": "image"}`.
@@ -30,10 +33,12 @@ from functools import lru_cache
 
 import jinja2
 import numpy as np
+from jinja2.exceptions import SecurityError, TemplateError, TemplateRuntimeError, TemplateSyntaxError
 from jinja2.ext import Extension, loopcontrols
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from .errors import PromptError
+from .limits import LimitError, limited, metered
+from .sandbox import Sandbox
 
 # While render(..., spans=True) runs: (the blocks rendered so far, the spans found so far)
 _TRACKER = ContextVar("generation_spans", default=None)
@@ -70,14 +75,10 @@ def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False
 @lru_cache
 def compile_template(source):
     """The template text -> a compiled jinja2 Template (cached: a chat renders the same template every turn)."""
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTag, loopcontrols])
-    env.filters["tojson"] = _tojson
-    env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = lambda format: datetime.now().strftime(format)
-    try:
-        return env.from_string(source)
-    except jinja2.exceptions.TemplateSyntaxError as e:
-        raise PromptError(f"the chat template does not parse (line {e.lineno}: {e.message})") from None
+    env = Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[GenerationTag, loopcontrols],
+                  filters={"tojson": _tojson}, globals={"raise_exception": _raise_exception,
+                                                        "strftime_now": lambda format: datetime.now().strftime(format)})
+    return env.compile_limited(source)
 
 
 def is_batch(conversation):
@@ -85,9 +86,11 @@ def is_batch(conversation):
     return isinstance(conversation, (list, tuple)) and len(conversation) > 0 and isinstance(conversation[0], (list, tuple))
 
 
-def render(template, conversation, add_generation_prompt=False, special_tokens=None, spans=False, **kwargs):
+def render(template, conversation, add_generation_prompt=False, special_tokens=None, spans=False,
+           origin="the chat template", **kwargs):
     """One conversation (a list of {"role", "content"} messages) -> the prompt string `template` renders;
-    spans=True: (prompt, [(start, end) of each {% generation %} block's text in the prompt])."""
+    spans=True: (prompt, [(start, end) of each {% generation %} block's text in the prompt]).
+    origin: where the template came from, for error messages (the processor names its folder)."""
     if not isinstance(conversation, (list, tuple)) or not all(isinstance(m, dict) for m in conversation):
         raise PromptError(f"a conversation must be a list of message dicts, got {conversation!r:.80}")
     messages = [_plain({k: v for k, v in m.items() if v is not None}) for m in conversation]
@@ -96,16 +99,19 @@ def render(template, conversation, add_generation_prompt=False, special_tokens=N
             m["content"] = [{"type": "image", "url": c["image_url"].get("url", "") if isinstance(c["image_url"], dict)
                              else c["image_url"]} if isinstance(c, dict) and c.get("type") == "image_url" and
                             "image_url" in c else c for c in m["content"]]
-    variables = {**{k: v for k, v in (special_tokens or {}).items() if v is not None}, **_plain(kwargs)}
+    variables = {"tools": None, "documents": None, **{k: v for k, v in (special_tokens or {}).items() if v is not None},
+                 **_plain(kwargs)}
     blocks, found = [], []
     token = _TRACKER.set((blocks, found) if spans else None)
-    try:  # block by block, each appended as it comes: the generation tag reads how much precedes it
-        for block in compile_template(template).generate(messages=messages, tools=None, documents=None,
-                                                         add_generation_prompt=add_generation_prompt, **variables):
-            blocks.append(block)
+    try:  # block by block, each counted and appended as it comes: the generation tag reads how much precedes it
+        compiled = compile_template(template)
+        with limited(messages, variables):
+            for block in metered(compiled.generate(messages=messages, add_generation_prompt=add_generation_prompt,
+                                                   **variables)):
+                blocks.append(block)
         prompt = "".join(blocks)
-    except jinja2.exceptions.TemplateError as e:  # raise_exception(), or a template that breaks on this input
-        raise PromptError(f"the chat template refused the conversation: {e}") from None
+    except Exception as e:  # a template is code from the internet: whatever it raises, say where and why
+        raise PromptError(f"{origin} {_reason(e)}") from None
     finally:
         _TRACKER.reset(token)
     for i, m in enumerate(messages):  # a template that reads content as a list drops a plain string silently
@@ -115,6 +121,23 @@ def render(template, conversation, add_generation_prompt=False, special_tokens=N
                               f"rendered; this template reads content as a list: write it as "
                               f"[{{'type': 'text', 'text': ...}}]")
     return (prompt, found) if spans else prompt
+
+
+def _reason(error):
+    """Why a template failed, in words."""
+    if isinstance(error, TemplateSyntaxError):
+        return f"does not parse (line {error.lineno}: {error.message})"
+    if isinstance(error, LimitError):
+        return f"was stopped: {error}"
+    if isinstance(error, SecurityError):
+        return f"tried what the sandbox forbids: {error}"
+    if isinstance(error, TemplateRuntimeError):  # an undefined name, a set on a non-namespace...
+        return f"failed: {error}"
+    if isinstance(error, TemplateError):  # raise_exception(): the template refuses this conversation
+        return f"refused the conversation: {error}"
+    if isinstance(error, RecursionError):
+        return "was stopped: it went too deep (RecursionError: a macro that calls itself, or data nested too deeply)"
+    return f"failed: {type(error).__name__}: {error}"
 
 
 def _plain(value):
