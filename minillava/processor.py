@@ -40,7 +40,7 @@ class Processor:
 
     def __init__(self, tokenizer, image_config, patch_size=14, vision_feature_select_strategy="default",
                  num_additional_image_tokens=1, image_token="<image>", special_tokens=None,
-                 padding_side="left", chat_template=None, backend="pil"):
+                 padding_side="left", chat_template=None, backend="pil", folder=None):
         self.tokenizer = tokenizer  # a tokenizers.Tokenizer (minillava/tokenizer.py)
         self.image_config = image_config  # preprocessor_config.json, checked: images.image_settings
         self.patch_size = patch_size
@@ -55,6 +55,7 @@ class Processor:
         self.pad_token_id = token_id.get("pad_token")
         self.padding_side, self.chat_template = padding_side, chat_template
         self.backend = check_backend(backend)
+        self.folder = folder  # where it was read from, named in errors
 
     @classmethod
     def from_pretrained(cls, folder, config=None, backend="pil", pad_to_square=None):
@@ -77,7 +78,8 @@ class Processor:
                         # left when unset (transformers pads a TokenizersBackend on the right): generation
                         # needs the prompts' ends aligned
                         padding_side=tok_config.get("padding_side", "left"),
-                        chat_template=_read_chat_template(folder, tok_config), backend=backend)
+                        chat_template=_read_chat_template(folder, tok_config), backend=backend,
+                        folder=folder)
         if processor.image_token_id is None:
             raise TokenizerError(f"{folder / 'tokenizer.json'}: has no {processor.image_token!r} token "
                                  f"(llava-hf adds it as id 32000)")
@@ -159,13 +161,16 @@ class Processor:
                               "chat_template.json or 'chat_template' in tokenizer_config.json): pass "
                               "chat_template=, e.g. minillava.chat.LLAVA_CHAT_TEMPLATE for llava-1.5's "
                               "format, or write the prompt yourself")
+        origin = ("the chat template passed as chat_template=" if chat_template else
+                  f"the chat template of {self.folder}" if self.folder else "the chat template")
         if tokenize:
             return chat_inputs(self, template, conversation, add_generation_prompt, return_dict,
-                               return_assistant_tokens_mask, **kwargs)
+                               return_assistant_tokens_mask, origin=origin, **kwargs)
         special = self.special_tokens
         if is_batch(conversation):
-            return [render(template, c, add_generation_prompt, special, **kwargs) for c in conversation]
-        return render(template, conversation, add_generation_prompt, special, **kwargs)
+            return [render(template, c, add_generation_prompt, special, origin=origin, **kwargs)
+                    for c in conversation]
+        return render(template, conversation, add_generation_prompt, special, origin=origin, **kwargs)
 
     # ---- images -----------------------------------------------------------------------------------------
 
