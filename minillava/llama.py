@@ -86,6 +86,16 @@ class KVCache:
         return new
 
 
+# SDPA shares each key/value head among its group of query heads itself from torch 2.5 (enable_gqa); before that
+# the heads are repeated first. The two give the same numbers (tests/test_torch_floor.py).
+SDPA_GQA = torch.__version__ >= (2, 5)
+
+
+def repeat_kv(x, n_rep):  # (B, n_kv_heads, S, head_dim) -> (B, n_kv_heads * n_rep, S, head_dim), as transformers' repeat_kv
+    B, n_kv_heads, S, head_dim = x.shape
+    return x[:, :, None].expand(B, n_kv_heads, n_rep, S, head_dim).reshape(B, n_kv_heads * n_rep, S, head_dim)
+
+
 class LlamaAttention(nn.Module):
     def __init__(self, config: TextConfig, layer_idx):
         super().__init__()
@@ -105,12 +115,16 @@ class LlamaAttention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, n_kv_heads, S, head_dim), S = cached + T
-        # GQA: each group of n_heads / n_kv_heads consecutive query heads shares one KV head (transformers' repeat_kv)
-        gqa = self.n_kv_heads != self.n_heads
+        # GQA: each group of n_heads / n_kv_heads consecutive query heads shares one KV head
+        groups, gqa = self.n_heads // self.n_kv_heads, {}
+        if groups > 1 and SDPA_GQA:
+            gqa = {"enable_gqa": True}
+        elif groups > 1:
+            k, v = repeat_kv(k, groups), repeat_kv(v, groups)  # (B, n_heads, S, head_dim)
         if mask is None:  # no padding, no window: plain causal (or a single new token, which sees everything)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=gqa)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, **gqa)
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **gqa)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
 
