@@ -1,0 +1,85 @@
+"""The torch floor of pyproject.toml is true.
+
+The oldest torch the package supports is the one tests/fixtures/torch_floor_api.json was recorded under, by
+tests/helpers/torch_api.py: every torch function, class and keyword argument the package's code uses, and whether
+that release has it. These tests read the code again and fail on anything that record does not vouch for. On the
+current torch, both ways grouped-query attention can run (SDPA's `enable_gqa`, new in torch 2.5, and the key/value
+heads repeated before SDPA, the way older torch needs) give transformers' logits exactly.
+"""
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import minillava.llama
+from minillava import load_model
+from tests.helpers import checkpoints as C
+from tests.helpers.torch_api import uses
+from tests.test_llava import prompt
+
+ROOT = Path(__file__).parent.parent
+FLOOR = json.loads((ROOT / "tests" / "fixtures" / "torch_floor_api.json").read_text())
+RECORD = (f"run `python -m tests.helpers.torch_api > tests/fixtures/torch_floor_api.json` under "
+          f"torch=={FLOOR['torch']} to check it there and record it")
+# attributes the code uses on lists and strings that torch.Tensor has gained since the floor (Tensor.index)
+NOT_TORCH = {"index"}
+
+
+def test_pyproject_and_readme_name_the_recorded_floor():
+    major_minor = ".".join(FLOOR["torch"].split(".")[:2])
+    assert re.search(r'"torch>=([\d.]+)"', (ROOT / "pyproject.toml").read_text()).group(1) == major_minor
+    assert f"torch >= {major_minor}" in (ROOT / "README.md").read_text()
+
+
+def test_the_code_uses_only_what_the_floor_torch_has():
+    names, attributes = uses()
+    unrecorded = sorted(set(names) - set(FLOOR["names"]))
+    assert not unrecorded, f"{unrecorded}: not checked against torch {FLOOR['torch']}; {RECORD}"
+    for name, keywords in names.items():
+        floor = FLOOR["names"][name]
+        assert floor["exists"], f"{name} does not exist in torch {FLOOR['torch']}"
+        if keywords and floor["keywords"] != "any":
+            assert floor["keywords"] is not None, f"{name}{sorted(keywords)}: keywords not known; {RECORD}"
+            missing = keywords - set(floor["keywords"])
+            assert not missing, f"{name} takes no {sorted(missing)} in torch {FLOOR['torch']}"
+    newer = attributes - set(FLOOR["attributes"]) - NOT_TORCH
+    assert not newer, f"{sorted(newer)}: torch.Tensor or nn.Module have them only after torch {FLOOR['torch']}"
+
+
+def test_the_check_sees_a_newer_keyword():
+    """enable_gqa came in torch 2.5: passed by name, as llama.py once did, the check would fail."""
+    assert "enable_gqa" not in FLOOR["names"]["torch.nn.functional.scaled_dot_product_attention"]["keywords"]
+    assert "enable_gqa" in torch.nn.functional.scaled_dot_product_attention.__doc__
+
+
+@pytest.fixture(scope="module")
+def grouped(tmp_path_factory):
+    """(minillava, transformers) on the two grouped-query variants: Llama and Mistral with a sliding window."""
+    root = tmp_path_factory.mktemp("gqa")
+    return {name: (load_model(folder), C.reference(folder))
+            for name in ("gqa", "mistral") for folder in [C.build(root / name, name, processor=False)]}
+
+
+@pytest.mark.parametrize("enable_gqa", [True, False], ids=["enable_gqa", "repeat_kv"])
+@pytest.mark.parametrize("name", ["gqa", "mistral"])
+@torch.no_grad()
+def test_both_attention_paths_give_transformers_logits(grouped, monkeypatch, name, enable_gqa):
+    monkeypatch.setattr(minillava.llama, "SDPA_GQA", enable_gqa)
+    ours, ref = grouped[name]
+    ids, pixels = prompt(ours, 1)
+    assert torch.equal(ours(ids, pixels), ref(input_ids=ids, pixel_values=pixels).logits)
+    # a left-padded batch: SDPA gets an explicit mask
+    (a, pa), (b, pb) = prompt(ours, 1, text_len=40, seed=2), prompt(ours, 1, text_len=20, seed=3)
+    ids = torch.cat([a, torch.cat([torch.full((1, a.shape[1] - b.shape[1]), 32001), b], 1)])
+    mask = (ids != 32001).long()
+    got = ours(ids, torch.cat([pa, pb]), attention_mask=mask)
+    want = ref(input_ids=ids, pixel_values=torch.cat([pa, pb]), attention_mask=mask).logits
+    assert torch.equal(got[mask.bool()], want[mask.bool()])
+    # decoding from the KV cache, one token at a time
+    ids, pixels = prompt(ours, 1, text_len=40, seed=4)
+    n = ids.shape[1]
+    cache = ours.new_cache(1, n)
+    steps = [ours(ids[:, :n - 3], pixels, cache=cache)] + [ours(ids[:, t:t + 1], cache=cache) for t in range(n - 3, n)]
+    assert (torch.cat(steps, 1) - ours(ids, pixels)).abs().max() <= 1e-5
