@@ -91,7 +91,9 @@ class KVCache:
 SDPA_GQA = torch.__version__ >= (2, 5)
 
 
-def repeat_kv(x, n_rep):  # (B, n_kv_heads, S, head_dim) -> (B, n_kv_heads * n_rep, S, head_dim), as transformers' repeat_kv
+def repeat_kv(x, n_rep):
+    """(B, n_kv_heads, S, head_dim) -> (B, n_kv_heads * n_rep, S, head_dim), each head n_rep times in a row, as
+    transformers' repeat_kv does."""
     B, n_kv_heads, S, head_dim = x.shape
     return x[:, :, None].expand(B, n_kv_heads, n_rep, S, head_dim).reshape(B, n_kv_heads * n_rep, S, head_dim)
 
