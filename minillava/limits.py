@@ -29,7 +29,7 @@ from jinja2.utils import Namespace
 from markupsafe import Markup
 
 MAX_SOURCE = 100_000  # real templates: a few thousand characters, tool-calling ones up to about 20,000
-MAX_TEXT = 10_000_000  # 20x the 450,000-character prompt of the test, 40 MB at most (4 bytes a character)
+MAX_TEXT = 10_000_000  # 20x the 450,000-character prompt of the test; 40 MB at 4 bytes a character
 MAX_STEPS = 1_000_000
 MAX_SECONDS = 1.0  # CPU time of the rendering thread: other work on the machine does not shorten it
 MAX_BITS = 65_536  # Python itself prints integers of at most 4,300 digits (14,000 bits)
@@ -225,8 +225,8 @@ FILTER_SIZES = {
     "sum": lambda v, attribute=None, start=0: length(start) + sum(length(x) for x in v),
     "batch": lambda v, linecount, fill_with=None: ITEM * (size(v) + size(linecount)),
     "slice": lambda v, slices, fill_with=None: ITEM * (size(v) + size(slices)),
-    "tojson": lambda v, ensure_ascii=False, indent=None, separators=None, sort_keys=False:
-        _text([v]) * (1 + size(indent) + (_text(separators) if separators else 0)),  # [v]: its strings counted with their escapes
+    "tojson": lambda v, ensure_ascii=False, indent=None, separators=None, sort_keys=False:  # [v]: strings escaped
+        _text([v]) * (1 + size(indent) + (_text(separators) if separators else 0)),
     "urlize": lambda v, trim_url_limit=None, nofollow=False, target=None, rel=None, extra_schemes=None:
         _text(v) * (12 + size(target) + size(rel)),
     "xmlattr": lambda d, autospace=True: 6 * _text(d),
