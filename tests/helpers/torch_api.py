@@ -22,11 +22,11 @@ import torch
 PACKAGE = Path(__file__).parent.parent.parent / "minillava"
 
 
-def uses():
+def uses(package=PACKAGE):
     """{'torch.x.y': set of the keyword names passed to it}, and the set of attribute names used on other objects
-    that torch.Tensor or torch.nn.Module have."""
+    that torch.Tensor or torch.nn.Module have, in the .py files under `package`."""
     names, attributes = defaultdict(set), set()
-    for path in sorted(PACKAGE.rglob("*.py")):
+    for path in sorted(package.rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         aliases = {}  # local name -> dotted torch path
         for node in ast.walk(tree):
