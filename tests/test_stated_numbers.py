@@ -34,7 +34,7 @@ import pytest
 import torch
 
 import minillava
-from minillava import testing
+from minillava import limits, testing
 from minillava.demo import evaluate, shapes
 from tests.helpers.tokenizer_files import TOKENIZERS, write_processor_files
 
@@ -323,6 +323,12 @@ LISTED = {
         575: "transformers' count of image tokens without num_additional_image_tokens: 576 - 1",
         4.9e-7: "the largest relative gradient difference from transformers', measured once (see Training)"},
     "Training": {4.9e-7: "the largest relative gradient difference from transformers', measured once"},
+    "Python": {1.1: "the slowest hostile template's CPU time in tests/test_template.py, measured (1.01 s)",
+               11: "the largest memory a hostile template took there, MB, measured (10.2 MB)"},
+    "Scope": {10: "10**10 steps and the 10 GB string of the two hostile examples",
+              "450,000": "the long conversation of tests/test_template.py, characters",
+              400: "its messages", 50: "the tools its tool-calling template renders",
+              "2,500": "the loop steps that render took, measured (2,479)"},
     "Errors": {"2,000": "tests/test_fuzz.py: 1,400 + 650 hypothesis examples"},
     "The embedded demo checkpoint": {
         5: "conversations of 1 to 5 questions in stage 2 (minillava/demo/conversations.py)",
@@ -381,7 +387,10 @@ def readme_sources():
     cfg = model.config
     ids = [llama2().token_to_id(t) for t in ("▁", "<0x0A>", "▁upper", "▁▁")]  # the token ids the text quotes
     mean_colour = [int(m * 255) for m in minillava.Processor.from_pretrained(minillava.DEMO).image_config["image_mean"]]
-    torch_minimum = re.search(r'"torch>=([\d.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    torch_minimum = re.search(r'"torch>=([\d.]+)"', pyproject).group(1)
+    floors = [float(re.search(r'requires-python = ">=([\d.]+)"', pyproject).group(1)),
+              *map(float, re.findall(r'"torch>=([\d.]+)"', pyproject))]  # the package's and the test extra's
     lines = [len(p.read_text(encoding="utf-8").splitlines()) for p in (ROOT / "minillava").rglob("*.py")]
     compare_block = marked("compare-output")
 
@@ -415,7 +424,11 @@ def readme_sources():
     training_tests = "".join((ROOT / "tests" / f).read_text() for f in ("test_training_loss.py", "test_training_labels.py"))
     training = [float(x) for x in re.findall(r"<= (\d+e-\d+)", training_tests)]  # tolerances
     training += [int(x) for x in re.findall(r"in range\((\d+)\)", training_tests)]  # conversations drawn
-    return {"Set up, run, test": as_numbers([float(torch_minimum)]),
+    template_tests = importlib.import_module("tests.test_template")
+    template_limits = [len(template_tests.HOSTILE), limits.MAX_TEXT / 1e6, limits.MAX_SECONDS]
+    return {"Set up, run, test": as_numbers([float(torch_minimum)]) + [("3.10", 3.10, 0, False)] + as_numbers(floors),
+            "Python": as_numbers(template_limits),
+            "Scope": as_numbers(template_limits + ids),
             "Command line": as_numbers([128, 128 + signal.SIGINT]),
             "The modules": as_numbers(lines),
             'What "the same as transformers" means': as_numbers([llava_tolerance, bf16_tolerance, transformers_minimum, *ids,
@@ -425,7 +438,6 @@ def readme_sources():
             "minillava in your tests": as_numbers([testing.VISION["num_hidden_layers"], testing.VISION["image_size"],
                                                    testing.IMAGE_TOKEN_INDEX, *tolerances]) + numbers(compare_block),
             "Original LLaVA (liuhaotian checkpoints)": as_numbers(ids + mean_colour),
-            "Scope": as_numbers(ids),
             "The embedded demo checkpoint": as_numbers(demo) + dataset_facts(),
             "Speed": [(str(x), float(x), 0, False) for x in speed]}  # to whatever precision the README rounds
 
