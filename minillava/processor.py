@@ -116,11 +116,17 @@ class Processor:
         if n_markers != len(images):
             raise PromptError(f"the text has {n_markers} {self.image_token} marker(s) but {len(images)} "
                               f"image(s) were given; each image needs one marker where it goes")
-        if images:  # each marker becomes n image tokens, as a string, before tokenizing (replace_image_token)
-            n = self.num_image_tokens(*out["pixel_values"].shape[-2:])
+        image_size = out["pixel_values"].shape[-2:] if images else None
+        return {**self.tokenize(texts, image_size, padding), **out}
+
+    def tokenize(self, texts, image_size=None, padding=True):
+        """Prompts -> {"input_ids", "attention_mask"}, each `<image>` marker standing for one image whose
+        pixel_values are image_size (height, width). A chat session calls it with the images it already has."""
+        if image_size is not None:  # each marker becomes n image tokens, as a string, before tokenizing
+            n = self.num_image_tokens(*image_size)  # (LlavaProcessor.replace_image_token)
             texts = [t.replace(self.image_token, self.image_token * n) for t in texts]
         ids = [e.ids for e in self.tokenizer.encode_batch(list(texts))]  # the post-processor adds BOS
-        return {**self._pad(ids, padding), **out}
+        return self._pad(ids, padding)
 
     def _pad(self, ids, padding):
         longest = max(len(x) for x in ids)
