@@ -19,10 +19,11 @@ from .errors import (
     TokenizerError,
     TrainingError,
 )
-from .generation import ChatSession, generate, stream
+from .generation import generate
 from .llava import Llava
 from .loading import DEMO, load, load_model
 from .processor import Processor
+from .session import ChatSession, stream
 from .verify import verify
 
 __all__ = ["load", "load_model", "generate", "stream", "ChatSession", "Llava", "Processor", "LlavaConfig",

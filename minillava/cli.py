@@ -158,7 +158,7 @@ def load(args):
 
 
 def session(args):
-    from .generation import ChatSession
+    from .session import ChatSession
     model, processor = load(args)
     g = torch.Generator(device="cpu").manual_seed(args.seed)
     return ChatSession(model, processor, system=args.system, max_new_tokens=args.max_new_tokens,

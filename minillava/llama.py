@@ -57,32 +57,34 @@ class KVCache:
     """Keys and values of every layer, allocated once for the whole run (no torch.cat per token).
 
     Stores the n_kv_heads un-repeated heads: with GQA that is n_heads / n_kv_heads times smaller.
-    `length` is how many positions are filled; a forward pass writes its T new positions after it.
+    The cache is storage only: each forward pass says where its T tokens go (`start_pos`, as in
+    Meta's Llama code; gpt-fast's `input_pos`), so the one who runs the model (minillava/generation.py)
+    is the one who counts the positions.
     """
 
     def __init__(self, n_layers, shape, device, dtype):  # shape: (B, n_kv_heads, max_len, head_dim)
-        # uninitialised (no pass to zero it): attention only ever reads the filled positions
+        # uninitialised (no pass to zero it): attention only ever reads the positions written
         self.k = [torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layers)]
         self.v = [torch.empty(shape, device=device, dtype=dtype) for _ in range(n_layers)]
-        self.max_len = shape[2]
-        self.length = 0
+        self.batch_size, self.max_len = shape[0], shape[2]
 
-    def update(self, layer, k, v):  # k, v: (B, n_kv_heads, T, head_dim)
-        start, T = self.length, k.shape[2]
-        if start + T > self.max_len:
-            raise GenerationError(f"the KV cache holds {self.max_len} positions, {start} are used and {T} more were "
-                                  f"asked for: start from a cache of at least {start + T} (new_cache(B, max_len))")
-        self.k[layer][:, :, start:start + T] = k
-        self.v[layer][:, :, start:start + T] = v
-        return self.k[layer][:, :, :start + T], self.v[layer][:, :, :start + T]
+    def update(self, layer, start_pos, k, v):  # k, v: (B, n_kv_heads, T, head_dim)
+        """Write the T new positions at start_pos; return the keys and values of positions 0..start_pos+T-1."""
+        end = start_pos + k.shape[2]
+        if end > self.max_len:
+            raise GenerationError(f"the KV cache holds {self.max_len} positions; {k.shape[2]} were written at "
+                                  f"position {start_pos}: start from a cache of at least {end} "
+                                  f"(new_cache(batch_size, max_len))")
+        self.k[layer][:, :, start_pos:end] = k
+        self.v[layer][:, :, start_pos:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]  # (B, n_kv_heads, end, head_dim)
 
-    def resized(self, max_len):
-        """A cache with room for max_len positions holding the same filled prefix (chat sessions grow theirs)."""
+    def resized(self, max_len, keep):
+        """A cache with room for max_len positions holding this one's first `keep` (chat sessions grow theirs)."""
         B, n_kv, _, hd = self.k[0].shape
         new = KVCache(len(self.k), (B, n_kv, max_len, hd), self.k[0].device, self.k[0].dtype)
-        new.length = self.length
         for old, fresh in zip(self.k + self.v, new.k + new.v):
-            fresh[:, :, :self.length] = old[:, :, :self.length]
+            fresh[:, :, :keep] = old[:, :, :keep]
         return new
 
 
@@ -109,14 +111,14 @@ class LlamaAttention(nn.Module):
         self.o_proj = Linear(self.n_heads * self.head_dim, D, bias=b)
         self.layer_idx = layer_idx
 
-    def forward(self, x, cos, sin, mask, cache):  # x: (B, T, D)
+    def forward(self, x, cos, sin, mask, cache, start_pos=0):  # x: (B, T, D)
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, n_heads, T, head_dim)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, n_kv_heads, T, head_dim)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
-            k, v = cache.update(self.layer_idx, k, v)  # (B, n_kv_heads, S, head_dim), S = cached + T
+            k, v = cache.update(self.layer_idx, start_pos, k, v)  # (B, n_kv_heads, S, head_dim), S = start_pos + T
         # GQA: each group of n_heads / n_kv_heads consecutive query heads shares one KV head
         groups, gqa = self.n_heads // self.n_kv_heads, {}
         if groups > 1 and SDPA_GQA:
@@ -159,8 +161,8 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, mask, cache):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
+    def forward(self, x, cos, sin, mask, cache, start_pos=0):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, start_pos)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -172,24 +174,28 @@ class LlamaModel(nn.Module):
         self.layers = nn.ModuleList(LlamaDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, inputs_embeds, attention_mask=None, position_ids=None, cache=None):
+    def forward(self, inputs_embeds, attention_mask=None, position_ids=None, cache=None, start_pos=None):
         """inputs_embeds (B, T, D) -> the final hidden states (B, T, D), normalised.
 
-        attention_mask: (B, S) with 1 for real tokens, 0 for padding, covering the cached positions
-        too (S = cache.length + T). position_ids default to cache.length + arange(T), like
+        cache, start_pos: the T new keys and values are written into `cache` at positions
+        start_pos..start_pos+T-1 and the queries attend to positions 0..start_pos+T-1; a pass with a
+        cache must say where its tokens go (0 for a prompt). attention_mask: (B, S), S = start_pos + T,
+        1 for real tokens, 0 for padding. position_ids default to start_pos + arange(T), like
         transformers' forward (generation passes cumsum(mask) - 1 instead, see generation.py).
         """
         B, T, _ = inputs_embeds.shape
-        start = cache.length if cache is not None else 0
+        if start_pos is None:
+            if cache is not None:  # a default of 0 would silently overwrite the cache's first positions
+                raise GenerationError("a forward pass with a cache needs start_pos: where its tokens go in the "
+                                      "cache, i.e. how many positions earlier passes wrote (0 for the prompt)")
+            start_pos = 0
         if position_ids is None:
-            position_ids = torch.arange(start, start + T, device=inputs_embeds.device).expand(B, T)
+            position_ids = torch.arange(start_pos, start_pos + T, device=inputs_embeds.device).expand(B, T)
         cos, sin = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, inputs_embeds.dtype)
-        mask = attention_mask_4d(attention_mask, start, T, self.config.sliding_window, inputs_embeds.device)
+        mask = attention_mask_4d(attention_mask, start_pos, T, self.config.sliding_window, inputs_embeds.device)
         x = inputs_embeds
         for layer in self.layers:
-            x = layer(x, cos, sin, mask, cache)
-        if cache is not None:
-            cache.length += T
+            x = layer(x, cos, sin, mask, cache, start_pos)
         return self.norm(x)
 
 
@@ -232,10 +238,11 @@ class LlamaForCausalLM(nn.Module):
         return KVCache(config.num_hidden_layers, (batch_size, config.num_key_value_heads, max_len, config.head_dim),
                        device or w.device, dtype or w.dtype)
 
-    def forward(self, inputs_embeds, attention_mask=None, position_ids=None, cache=None, logits_to_keep=0):
+    def forward(self, inputs_embeds, attention_mask=None, position_ids=None, cache=None, start_pos=None,
+                logits_to_keep=0):
         """inputs_embeds (B, T, D) -> logits (B, T', vocab) in the model dtype.
 
         logits_to_keep: 0 keeps all positions; n keeps the last n (generation needs only the last).
         """
-        x = self.model(inputs_embeds, attention_mask, position_ids, cache)  # (B, T, D)
+        x = self.model(inputs_embeds, attention_mask, position_ids, cache, start_pos)  # (B, T, D)
         return self.lm_head(x[:, -logits_to_keep:] if logits_to_keep else x)  # (B, T', vocab)

@@ -78,12 +78,13 @@ class Llava(nn.Module):
         return self.language_model.new_cache(batch_size, max_len)
 
     def forward(self, input_ids=None, pixel_values=None, attention_mask=None, position_ids=None, cache=None,
-                logits_to_keep=0, inputs_embeds=None):
+                start_pos=None, logits_to_keep=0, inputs_embeds=None):
         """input_ids (B, T) [+ pixel_values (n_images, 3, H, W)] -> logits (B, T, vocab).
 
         Or inputs_embeds (B, T, D) instead of both (from `embed`, or your own).
-        Positions are 0..T-1 as in transformers' forward (after `cache.length` with a cache).
-        With a cache, call once with the prompt (prefill), then with one new token at a time.
+        Positions are 0..T-1 as in transformers' forward (start_pos..start_pos+T-1 with a cache).
+        With a cache, call once with the prompt (start_pos=0: prefill), then with each new token at the
+        next position (start_pos = the number of positions written so far).
         """
         if (inputs_embeds is None) == (input_ids is None) or (inputs_embeds is not None and pixel_values is not None):
             raise PromptError("give either input_ids (with pixel_values for the images) or inputs_embeds, not both "
@@ -94,7 +95,7 @@ class Llava(nn.Module):
             attention_mask = attention_mask.to(self.device)
         if position_ids is not None:
             position_ids = position_ids.to(self.device)
-        return self.language_model(inputs_embeds, attention_mask, position_ids, cache, logits_to_keep)
+        return self.language_model(inputs_embeds, attention_mask, position_ids, cache, start_pos, logits_to_keep)
 
     @torch.no_grad()
     def stages(self, input_ids, pixel_values=None, attention_mask=None):

@@ -1,6 +1,6 @@
 """The `minillava` command as a new user meets it, on the embedded demo: every mistake answered in one line with
 exit status 2 and no traceback, Ctrl-C a clean exit (130), --help with examples and every flag's default, the
-progress bar on terminals only. (Answers equal to the Python API: tests/test_generation_session.py.)"""
+progress bar on terminals only. (Answers equal to the Python API: tests/test_session.py.)"""
 import io
 import os
 import shlex

@@ -1,4 +1,5 @@
 """Generation against transformers' `generate` on the same tiny checkpoints (fp32 CPU), and sampling."""
+import numpy as np
 import pytest
 import torch
 
@@ -85,28 +86,34 @@ def test_top_k_and_top_p_on_hand_made_logits():
     assert torch.allclose(counts / 4000, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.03)
 
 
-@pytest.mark.parametrize("kwargs,pattern", [
-    ({"max_new_tokens": 0}, "max_new_tokens = 0"),
-    ({"max_new_tokens": -3}, "max_new_tokens = -3"),
-    ({"temperature": -0.5}, "temperature = -0.5"),
-    ({"top_p": 0.0}, "top_p = 0.0"),
-    ({"top_p": 1.5}, "top_p = 1.5"),
-    ({"top_k": -1}, "top_k = -1"),
-])
-def test_invalid_settings(models, kwargs, pattern):
-    ours, _ = models["mha"]
-    ids, _ = prompt(ours, 0, text_len=5)
-    with pytest.raises(GenerationError, match=pattern):
-        generate(ours, ids, **kwargs)
-
-
-def test_prompt_beyond_context_is_refused(models):
+def test_every_check_runs_before_the_first_token(models):
+    """generate_tokens raises when called, not at the first next(): a chat never prints half an answer first."""
     ours, _ = models["mha"]
     ids = torch.ones(1, 4000, dtype=torch.long)
     with pytest.raises(PromptError, match=r"4000 tokens \+ max_new_tokens 100 = 4100 exceeds the context length 4096"):
-        next(generate_tokens(ours, ids, max_new_tokens=100))
+        generate_tokens(ours, ids, max_new_tokens=100)
+    with pytest.raises(GenerationError, match="temperature = -1"):
+        generate_tokens(ours, ids[:, :5], temperature=-1)
     with pytest.raises(PromptError, match="non-empty"):
         generate(ours, torch.ones(1, 0, dtype=torch.long))
+
+
+def test_a_cache_passed_in_must_fit_the_run(models):
+    ours, _ = models["mha"]
+    ids, _ = prompt(ours, 0, text_len=5)
+    T = ids.shape[1]
+    with pytest.raises(GenerationError, match=rf"1 row\(s\) x {T} positions; this run needs 1 x {T + 3}"):
+        generate_tokens(ours, ids, max_new_tokens=4, cache=ours.new_cache(1, T))
+    with pytest.raises(GenerationError, match=rf"2 row\(s\) x 64 positions; this run needs 1 x {T + 3}"):
+        generate_tokens(ours, ids, max_new_tokens=4, cache=ours.new_cache(2, 64))
+    with pytest.raises(GenerationError, match="start_pos = 3 without a cache"):
+        generate_tokens(ours, ids, attention_mask=torch.ones(1, T + 3), start_pos=3)
+    # a cache that holds a prefix: the rest of the prompt runs after it, with the same tokens as a fresh run
+    cache = ours.new_cache(1, T + 4)
+    generate_tokens(ours, ids[:, :3], max_new_tokens=1, cache=cache)  # fills positions 0, 1, 2
+    rest = generate(ours, ids[:, 3:], max_new_tokens=4, eos_token_id=[], cache=cache, start_pos=3,
+                    attention_mask=torch.ones(1, T))
+    assert torch.equal(rest, generate(ours, ids, max_new_tokens=4, eos_token_id=[]))
 
 
 def test_a_generated_image_token_is_just_a_token(models):
@@ -134,9 +141,18 @@ def test_a_generated_image_token_is_just_a_token(models):
     (dict(temperature="hot"), "temperature = 'hot'"),
     (dict(top_p=0), "top_p = 0"), (dict(top_p=1.5), "top_p = 1.5"), (dict(top_p=-0.2), "top_p = -0.2"),
     (dict(top_p=float("nan")), "top_p = nan"), (dict(top_k=-1), "top_k = -1"), (dict(top_k=2.5), "top_k = 2.5"),
-    (dict(eos_token_id="</s>"), "eos_token_id = '</s>'"), (dict(eos_token_id=[2, None]), "eos_token_id = [2, None]")])
+    (dict(temperature=float("inf")), "temperature = inf"), (dict(top_p=True), "top_p = True"),
+    (dict(eos_token_id="</s>"), "eos_token_id = '</s>'"), (dict(eos_token_id=[2, None]), "eos_token_id = [2, None]"),
+    (dict(eos_token_id=64), "eos_token_id = 64"), (dict(eos_token_id=[-1]), "eos_token_id = [-1]"),
+    (dict(pad_token_id=-1), "pad_token_id = -1"), (dict(pad_token_id=1.0), "pad_token_id = 1.0")])
 def test_generation_settings(tiny_model, kw, culprit):
     raises(GenerationError, culprit, call=lambda: generate(tiny_model, torch.tensor([[1, 2, 3]]), **kw))
+
+
+def test_numpy_integers_are_integers(tiny_model):
+    out = generate(tiny_model, torch.tensor([[1, 2, 3]]), max_new_tokens=np.int64(3), top_k=np.int32(0),
+                   eos_token_id=[np.int64(5)], pad_token_id=np.int64(0))
+    assert 1 <= out.shape[1] <= 3
 
 
 def test_prompts_generate_cannot_run(tiny_model, tiny_processor):

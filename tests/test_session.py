@@ -1,4 +1,5 @@
-"""Chat sessions and the command line, on a tiny checkpoint with real tokenizer files."""
+"""Chat sessions (minillava/session.py), and the command line against them, on a tiny checkpoint with real tokenizer
+files: every turn gives the tokens a from-scratch run gives, while running only its own."""
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import minillava
-from minillava import ChatSession
+from minillava import ChatSession, ImageError, PromptError
 from minillava.chat import system_message, user_message
 from minillava.generation import generate
 from tests.helpers import checkpoints as C
@@ -57,6 +58,58 @@ def test_multi_turn_session_equals_rerunning_from_scratch(loaded, photos):
         previous_prompt = inputs["input_ids"].shape[1]
     session.reset()
     assert session.messages == [system_message("Be brief.")] and session.cache is None
+
+
+def from_scratch(model, processor, session, images):
+    """The last answer's tokens as a fresh run over the whole conversation gives them."""
+    prompt = processor.apply_chat_template(session.messages[:-1], add_generation_prompt=True)
+    inputs = processor(text=prompt, images=images or None)
+    return generate(model, inputs["input_ids"], inputs.get("pixel_values"), max_new_tokens=10)[0].tolist()
+
+
+def test_each_image_is_preprocessed_once(loaded, photos, monkeypatch):
+    model, processor = loaded
+    seen = []
+    preprocess = processor.preprocess
+    monkeypatch.setattr(processor, "preprocess", lambda images, **kw: seen.append(images) or preprocess(images, **kw))
+    session = ChatSession(model, processor, max_new_tokens=10)
+    for question, images in [("What is this?", [photos[0]]), ("And now?", []), ("And this one?", [photos[1]]),
+                             ("Which is larger?", [])]:
+        "".join(session.ask(question, images=images))
+    assert seen == [[photos[0]], [photos[1]]]
+    assert session.last_tokens == from_scratch(model, processor, session, photos)[:len(session.last_tokens)]
+
+
+def test_a_turn_fails_before_its_first_piece_and_leaves_the_session_as_it_was(loaded, photos):
+    model, processor = loaded
+    session = ChatSession(model, processor, max_new_tokens=10)
+    "".join(session.ask("What is this?", images=[photos[0]]))
+    state = (list(session.messages), list(session.cached_ids), session.pixel_values)
+    with pytest.raises(ImageError, match="nothing.png"):
+        session.ask("And this?", images=["nothing.png"])  # raised by the call itself, no piece read
+    with pytest.raises(PromptError, match="context length"):
+        session.ask("x " * 5000)
+    assert (session.messages, session.cached_ids) == state[:2] and session.pixel_values is state[2]
+    "".join(session.ask("And the colour?"))
+    assert session.last_tokens == from_scratch(model, processor, session, [photos[0]])[:len(session.last_tokens)]
+
+
+def test_an_answer_left_unread_is_not_part_of_the_conversation(loaded, photos):
+    model, processor = loaded
+    session = ChatSession(model, processor, max_new_tokens=10)
+    "".join(session.ask("What is this?", images=[photos[0]]))
+    unread = session.ask("Tell me more.")
+    next(unread)  # one piece read, then the user moves on: the cache holds a turn the conversation does not
+    "".join(session.ask("And the colour?"))
+    assert [m["content"][-1]["text"] for m in session.messages if m["role"] == "user"] == [
+        "What is this?", "And the colour?"]
+    assert session.last_tokens == from_scratch(model, processor, session, [photos[0]])[:len(session.last_tokens)]
+
+
+def test_settings_are_checked_when_the_session_is_made(loaded):
+    model, processor = loaded
+    with pytest.raises(minillava.GenerationError, match="top_p = 2"):
+        ChatSession(model, processor, top_p=2)
 
 
 def run_cli(*args, stdin=None):
