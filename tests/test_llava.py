@@ -129,8 +129,11 @@ def test_a_full_cache_is_a_clear_error(pair):
     ours, _ = pair("gqa")
     ids, _ = prompt(ours, 0, text_len=6)
     cache = ours.new_cache(1, 4)
-    with pytest.raises(GenerationError, match=rf"KV cache holds 4 positions, 0 are used and {ids.shape[1]} more.*at least"):
-        ours(ids, cache=cache)
+    written = rf"KV cache holds 4 positions; {ids.shape[1]} were written at position 0.*at least"
+    with pytest.raises(GenerationError, match=written):
+        ours(ids, cache=cache, start_pos=0)
+    with pytest.raises(GenerationError, match="needs start_pos"):  # a default of 0 would overwrite the prompt
+        ours(ids[:, :2], cache=cache)
 
 
 @pytest.mark.parametrize("name", ["mha", "mistral"])
@@ -170,10 +173,10 @@ def test_cache_prefill_then_decode_equals_full_forward(pair, name):
     full = ours(ids, pv)
     split = ids.shape[1] - 12
     cache = ours.new_cache(1, ids.shape[1])
-    steps = [ours(ids[:, :split - 9], pv, cache=cache), ours(ids[:, split - 9:split], cache=cache)]  # two chunks
+    steps = [ours(ids[:, :split - 9], pv, cache=cache, start_pos=0),  # two chunks
+             ours(ids[:, split - 9:split], cache=cache, start_pos=split - 9)]
     for t in range(split, ids.shape[1]):
-        steps.append(ours(ids[:, t:t + 1], cache=cache))
-    assert cache.length == ids.shape[1]
+        steps.append(ours(ids[:, t:t + 1], cache=cache, start_pos=t))
     assert (torch.cat(steps, 1) - full).abs().max() <= ATOL
     # logits_to_keep=1 gives the last position only
     last = ours(ids, pv, logits_to_keep=1)
@@ -189,9 +192,9 @@ def test_cache_with_left_padding(pair):
     mask = (ids != 32001).long()
     full = ours(ids, attention_mask=mask)
     cache = ours.new_cache(2, ids.shape[1])
-    steps = [ours(ids[:, :20], attention_mask=mask[:, :20], cache=cache)]
+    steps = [ours(ids[:, :20], attention_mask=mask[:, :20], cache=cache, start_pos=0)]
     for t in range(20, ids.shape[1]):
-        steps.append(ours(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], cache=cache))
+        steps.append(ours(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], cache=cache, start_pos=t))
     got = torch.cat(steps, 1)
     assert (got[mask.bool()] - full[mask.bool()]).abs().max() <= ATOL
 
