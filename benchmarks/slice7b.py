@@ -105,17 +105,17 @@ def child(config, folder, out, threads):
         t = time.perf_counter()
         if impl == "minillava":
             cache = model.new_cache(1, ids.shape[1] + len(steps))
-            logits.append(model(ids, pv.to(model.dtype), cache=cache, logits_to_keep=1)[0, -1].float())
+            logits.append(model(ids, pv.to(model.dtype), cache=cache, start_pos=0, logits_to_keep=1)[0, -1].float())
         else:
             o = model(input_ids=ids, pixel_values=pv.to(model.dtype), use_cache=True, logits_to_keep=1)
             cache = o.past_key_values
             logits.append(o.logits[0, -1].float())
         int(logits[-1].argmax())  # the first token
         ttft = time.perf_counter() - t
-        for tok in steps:  # fixed tokens (not the argmax), so every configuration sees the same sequence
+        for i, tok in enumerate(steps):  # fixed tokens (not the argmax), so every configuration sees the same sequence
             t = time.perf_counter()
             if impl == "minillava":
-                y = model(tok.view(1, 1), cache=cache)[0, -1]
+                y = model(tok.view(1, 1), cache=cache, start_pos=ids.shape[1] + i)[0, -1]
             else:
                 y = model(input_ids=tok.view(1, 1), past_key_values=cache, use_cache=True).logits[0, -1]
             int(y.argmax())
@@ -165,12 +165,12 @@ def child_paired(folder, out, threads, rounds):
             for k in (list(models) if r % 2 == 0 else list(models)[::-1]):
                 caches[k] = models[k].new_cache(1, ids.shape[1] + len(steps))
                 t = time.perf_counter()
-                int(models[k](ids, pv, cache=caches[k], logits_to_keep=1)[0, -1].argmax())
+                int(models[k](ids, pv, cache=caches[k], start_pos=0, logits_to_keep=1)[0, -1].argmax())
                 res[k]["ttft_s"].append(time.perf_counter() - t)
-            for tok in steps:
+            for i, tok in enumerate(steps):
                 for k in models:
                     t = time.perf_counter()
-                    int(models[k](tok.view(1, 1), cache=caches[k])[0, -1].argmax())
+                    int(models[k](tok.view(1, 1), cache=caches[k], start_pos=ids.shape[1] + i)[0, -1].argmax())
                     res[k]["step_s"].append(time.perf_counter() - t)
     # the anatomy of a decode step on one 11008 x 4096 weight: read float32, or widen float16 in cached blocks
     w16 = models["stored"].language_model.model.layers[0].mlp.gate_proj.weight
