@@ -12,11 +12,12 @@ Logits are compared only where `attention_mask` is 1 (taken from the reference):
 position computes is undefined in every implementation.
 """
 import math
-import re
 from dataclasses import dataclass, field
+from numbers import Real
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from .errors import CompareError
 
@@ -89,7 +90,6 @@ class Report:
 
 def read_dump(path):
     """A stage dump file -> ({name: tensor}, metadata). CompareError when it is not a safetensors file."""
-    from safetensors import SafetensorError, safe_open
     path = Path(path)
     if not path.is_file():
         raise CompareError(f"{path}: no such file (expected a stage dump written by `minillava logits`)")
@@ -116,8 +116,13 @@ def compare(ref, other, atol=1e-5, rtol=1e-5, mapping=None, stages=None):
 
     mapping: {other's name: our name} for dumps that name their stages differently.
     stages: the stage names to compare (default: every stage of `ref`); each must be in both.
-    Returns a Report; CompareError for unusable input (a stage missing, shapes that differ, not a dump).
+    atol, rtol: finite numbers >= 0 (a negative or NaN tolerance would fail identical dumps).
+    Returns a Report; CompareError for unusable input (a stage missing, shapes that differ, not a dump, a
+    tolerance that cannot hold).
     """
+    for name, value in (("atol", atol), ("rtol", rtol)):
+        if not isinstance(value, Real) or isinstance(value, bool) or not 0 <= value < math.inf:
+            raise CompareError(f"{name} = {value!r}, expected a finite number >= 0")
     (ref, ref_meta), (other, other_meta) = _as_stages(ref, "ref"), _as_stages(other, "other")
     other = _rename(other, mapping or {})
     names = pipeline_order(stages if stages is not None else ref)
@@ -179,25 +184,3 @@ def _row(name, ref, other, atol, rtol, mask):
     rel = d.norm().item() / ref_norm if ref_norm else (0.0 if max_abs == 0 else math.inf)
     return Row(name, tuple(ref.shape), max_abs, d.sum().item() / n, rel, ok, where,
                a[where].item() if where else 0.0, b[where].item() if where else 0.0, note)
-
-
-# --- the command line: `minillava compare REF OTHER [--atol --rtol --map OTHER_NAME=OUR_NAME --stage NAME]` ---
-
-def parse_mapping(items):
-    """["theirs=ours", ...] -> {"theirs": "ours"}; CompareError names a malformed item."""
-    mapping = {}
-    for item in items or []:
-        m = re.fullmatch(r"([^=]+)=([^=]+)", item)
-        if not m:
-            raise CompareError(f"--map {item!r}: expected OTHER_NAME=OUR_NAME, e.g. --map "
-                               f"model.lm_head.out=logits")
-        mapping[m.group(1)] = m.group(2)
-    return mapping
-
-
-def main(args, out):
-    """Run `minillava compare` from parsed arguments; returns the exit status (0 pass, 1 a stage fails)."""
-    report = compare(args.ref, args.other, atol=args.atol, rtol=args.rtol, mapping=parse_mapping(args.map),
-                     stages=args.stage or None)
-    out.write(str(report) + "\n")
-    return report.exit_status

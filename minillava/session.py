@@ -7,6 +7,7 @@ import torch
 from .chat import system_message, user_message
 from .errors import ImageError, PromptError
 from .generation import check_settings, generate_tokens
+from .loading import KV_POSITIONS
 
 
 def stream(model, processor, input_ids, pixel_values=None, attention_mask=None, skip_special_tokens=True,
@@ -133,6 +134,6 @@ class ChatSession:
                               f"{self.settings['max_new_tokens']} it exceeds the context length {limit} "
                               f"(text_config.max_position_embeddings): " + (" or ".join(fixes) or "shorten the prompt"))
         if self.cache is None:
-            self.cache = self.model.new_cache(1, min(limit, max(needed, 1024)))
+            self.cache = self.model.new_cache(1, min(limit, max(needed, KV_POSITIONS)))
         elif self.cache.max_len < needed:  # grow geometrically, so a long chat reallocates rarely
             self.cache = self.cache.resized(min(limit, max(needed, 2 * self.cache.max_len)), keep)

@@ -19,7 +19,6 @@ minillava agree with transformers on it?
 """
 import importlib.util
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -213,15 +212,3 @@ def check_processor(config, processor, folder):
         raise TokenizerError(f"{folder / 'processor_config.json'}: {ours} <image> tokens per image, the model "
                              f"makes {per_image} image features")
     return per_image
-
-
-def main(args, out):
-    """Run `minillava verify` from parsed arguments; returns the exit status (0 verified, 1 a difference)."""
-    if not args.no_reference and not sys.stderr.isatty() and importlib.util.find_spec("transformers"):
-        from transformers.utils import logging  # its loading bar, like minillava's: on a terminal only
-
-        logging.disable_progress_bar()
-    report = verify(args.folder, device=args.device, dtype=args.dtype, reference=not args.no_reference,
-                    weights=getattr(args, "weights", "stored"))
-    out.write(str(report) + "\n")
-    return report.exit_status

@@ -48,23 +48,34 @@ def test_ask_the_demo():
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["ask", "--device", "cuda", "Hi"], ["--device cpu"]),
+    (["ask", "--device", "cuda", "Hi"], ["argument --device", "CUDA is not available"]),
     (["ask", "--max-new-tokens", "1000000", "--image", EXAMPLE, "What is shown here?"],
-     ["--max-new-tokens 1000000", "is the most that fits"]),
+     ["max_new_tokens 1000000", "is the most that fits"]),
     (["ask", "--image", EXAMPLE, "<image> What is shown here?"], ["contains <image>", "one <image> marker per --image"]),
     (["ask", "--image", str(minillava.DEMO), "Hi"], ["a folder; expected an image file"]),
     (["ask", "--image", "https://example.com/cat.png", "Hi"], ["a URL", "download it first"]),
     (["ask", "--model", "llava-hf/llava-1.5-7b-hf", "Hi"],
      ["names are not downloaded", "hf download llava-hf/llava-1.5-7b-hf --local-dir llava-1.5-7b-hf", "weights.md"]),
     (["ask", "--model", "/no/such/folder", "Hi"], ["no such checkpoint folder"]),
-    (["ask", "--temperature", "-1", "Hi"], ["temperature = -1.0"]),
-    (["ask", "--top-p", "0", "Hi"], ["--top-p = 0.0"]),
+    (["ask", "--temperature", "-1", "Hi"], ["argument --temperature: -1 is not a finite number >= 0"]),
+    (["ask", "--temperature", "nan", "Hi"], ["argument --temperature: nan is not"]),
+    (["ask", "--temperature", "inf", "Hi"], ["argument --temperature: inf is not"]),
+    (["ask", "--top-p", "0", "Hi"], ["argument --top-p: 0 is not a number in (0, 1]"]),
+    (["ask", "--top-p", "1.5", "Hi"], ["argument --top-p: 1.5"]), (["ask", "--top-p", "nan", "Hi"], ["--top-p: nan"]),
+    (["ask", "--top-k", "-1", "Hi"], ["argument --top-k: -1 is not an integer >= 0"]),
+    (["ask", "--max-new-tokens", "0", "Hi"], ["argument --max-new-tokens: 0 is not an integer >= 1"]),
+    (["ask", "--seed", "-1", "Hi"], ["argument --seed: -1"]), (["ask", "--seed", str(2**64), "Hi"], ["--seed"]),
+    (["chat", "--max-new-tokens", "2.5"], ["argument --max-new-tokens: '2.5' is not an integer"]),
+    (["compare", "a", "b", "--atol", "-1"], ["argument --atol: -1 is not a finite number >= 0"]),
+    (["compare", "a", "b", "--rtol", "nan"], ["argument --rtol: nan"]),
+    (["compare", "a", "b", "--map", "x=y=z"], ["argument --map: 'x=y=z' is not OTHER_NAME=OUR_NAME"]),
+    (["verify", "folder", "--device", "gpu"], ["argument --device", "'gpu'"]),
     (["ask", "--dtype", "int8", "Hi"], ["dtype 'int8'"]),
     (["logits", "Hi", "--out", "/missing/dir/x.safetensors"], ["--out /missing/dir/x.safetensors", "does not exist"]),
     (["logits", "--raw", "--image", EXAMPLE, "USER: <image><image> Hi ASSISTANT:", "--out", "x.safetensors"],
      ["2 <image> marker(s) but 1 image(s)"]),
     (["ask"], ["required: question", "minillava ask --help"]),
-    (["ask", "--top-k", "many", "Hi"], ["invalid int value: 'many'"]),
+    (["ask", "--top-k", "many", "Hi"], ["argument --top-k: 'many' is not an integer >= 0"]),
     (["frobnicate"], ["invalid choice: 'frobnicate'"]),
     (["convert-original", "nowhere", "nowhere", "out"], ["nowhere"]),
 ])
@@ -78,9 +89,9 @@ def test_mistakes_are_one_line_with_status_2(argv, words, tmp_path, monkeypatch)
 def test_the_largest_max_new_tokens_named_does_fit():
     ask = ["ask", "--image", EXAMPLE, "What is shown here?", "--max-new-tokens"]
     err = run(*ask, "1000000")[2]
-    most = int(err.split("--max-new-tokens ")[-1].split()[0])
+    most = int(err.split("max_new_tokens ")[-1].split()[0])
     assert run(*ask, str(most))[0] == 0
-    assert f"--max-new-tokens {most} is the most" in run(*ask, str(most + 1))[2]
+    assert f"max_new_tokens {most} is the most" in run(*ask, str(most + 1))[2]
 
 
 def test_logits_to_a_folder_or_an_unwritable_place(tmp_path):
@@ -100,8 +111,9 @@ def test_chat_commands():
     assert "usage: /image PATH (an image file for your next message)" in lines[1]
     assert "unknown command /imag; commands: /image PATH" in lines[2]
     assert "unknown command /help" in out and "/no/such.png): file not found" in out
-    assert "ASSISTANT: green" in out and "contains <image>" in out and "(conversation cleared)" in out
-    assert out.count("ASSISTANT: ") == 3  # the two questions and the refused <image> line; never the /commands
+    assert "ASSISTANT: green" in out and "USER: error: the question contains <image>" in out
+    assert "(conversation cleared)" in out
+    assert out.count("ASSISTANT: ") == 2  # the two questions; never a refused line, never the /commands
 
 
 def test_chat_ctrl_d_and_ctrl_c():

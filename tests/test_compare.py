@@ -4,6 +4,8 @@ A fault is planted by replacing one stage and recomputing every later stage from
 buggy engine would: the earlier stages stay equal, the later ones all drift. compare must name the
 planted stage (not an earlier one, not a later one) and the element where it was planted.
 """
+import re
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -165,11 +167,29 @@ def test_unusable_input_exits_2_with_one_line(ref, tmp_path, capsys):
     for args, named in cases:
         assert main(["compare", *args], stdout=Buffer()) == 2, args
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and err.startswith("minillava: error: ") and named in err, (args, err)
+        assert err.count("\n") == 1 and err.startswith("minillava") and " error: " in err and named in err, (args, err)
         assert "Traceback" not in err
     with pytest.raises(CompareError, match="shape"):
         minillava.compare(good, shape)
     assert main(["compare", str(good), str(good)], stdout=Buffer()) == 0
+
+
+@pytest.mark.parametrize("name", ["atol", "rtol"])
+@pytest.mark.parametrize("value", [-1, -1e-9, float("nan"), float("inf"), True, "1e-4", None])
+def test_a_tolerance_that_cannot_hold_is_refused(ref, name, value):
+    """A negative or NaN tolerance would report identical dumps as drifting; an infinite one passes anything."""
+    with pytest.raises(CompareError, match=re.escape(f"{name} = {value!r}, expected a finite number >= 0")):
+        minillava.compare(ref, ref, **{name: value})
+
+
+def test_a_tolerance_that_cannot_hold_from_the_command_line(ref, tmp_path, capsys):
+    dump = tmp_path / "ref.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.items()}, str(dump))
+    for flag, value in [("--atol", "-1"), ("--rtol", "nan"), ("--atol", "inf")]:
+        assert main(["compare", str(dump), str(dump), flag, value], stdout=Buffer()) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"argument {flag}: {value} is not a finite number >= 0" in err, err
+    assert main(["compare", str(dump), str(dump), "--atol", "0", "--rtol", "0"], stdout=Buffer()) == 0
 
 
 class Buffer:
