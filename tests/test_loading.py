@@ -228,29 +228,26 @@ def test_cuda_memory_check(monkeypatch, tiny, sparse_7b):
 
 @pytest.mark.parametrize("command", [["ask", "Hi"], ["chat"], ["logits", "Hi", "--out", "x.safetensors"]])
 def test_cli_dtype_and_weights_on_every_loading_command(monkeypatch, command):
-    from minillava import cli
+    from minillava import cli, commands
     seen = {}
 
     def fake_load(path, **kwargs):
         seen.update(kwargs)
         raise DeviceError("stop here")
-    monkeypatch.setattr(loading, "load", fake_load)
+    monkeypatch.setattr(commands, "load", fake_load)
     assert cli.main(command + ["--dtype", "float32", "--weights", "materialized"]) == 2
     assert seen["dtype"] == "float32" and seen["weights"] == "materialized"
     assert cli.main(command) == 2 and seen["dtype"] is None and seen["weights"] == "stored"
 
 
 def test_cli_verify_passes_the_mode(monkeypatch):
-    import importlib
-
-    from minillava import cli
-    verify = importlib.import_module("minillava.verify")
+    from minillava import cli, commands
     seen = {}
 
     def fake_verify(folder, **kwargs):
         seen.update(kwargs)
         raise DeviceError("stop here")
-    monkeypatch.setattr(verify, "verify", fake_verify)
+    monkeypatch.setattr(commands, "verify", fake_verify)
     assert cli.main(["verify", "folder", "--dtype", "float32", "--weights", "materialized"]) == 2
     assert seen["dtype"] == "float32" and seen["weights"] == "materialized"
 
