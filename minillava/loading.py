@@ -29,7 +29,7 @@ from .processor import Processor
 
 DEMO = Path(__file__).parent / "demo"  # the tiny LLaVA minillava trains itself (minillava/demo/train.py)
 WEIGHTS = ("stored", "materialized")
-KV_POSITIONS = 1024  # the KV cache a chat session starts with (generation.py), in the memory estimate
+KV_POSITIONS = 1024  # the KV cache a chat session starts with (session.py), in the memory estimate
 GB = 1e9
 
 
