@@ -110,7 +110,7 @@ class LlavaConfig:
         top["dtype"] = d.get("dtype", d.get("torch_dtype"))
         vision = _vision_from_dict(d.get("vision_config"), source)
         text = _text_from_dict(d.get("text_config"), source)
-        # LlavaConfig.__post_init__: a tied text config ties the whole model
+        # as transformers' LlavaConfig.__post_init__: a tied text config ties the whole model
         top["tie_word_embeddings"] = top.get("tie_word_embeddings") or text.tie_word_embeddings  # type checked below
         cfg = cls(vision_config=vision, text_config=text, **top)
         cfg.validate(source)
