@@ -197,7 +197,7 @@ def check_state(model, state, origin, folders):
 def load_original(folder, clip_folder, device="cpu", dtype=None):
     """An original LLaVA-1.5 checkpoint folder + its CLIP folder -> a minillava `Llava` (eval mode).
 
-    dtype None: float32 on CPU, the checkpoint's dtype (float16) on a GPU, as `Llava.from_pretrained`.
+    dtype None: float32 on CPU, the checkpoint's dtype (float16) on a GPU, as `minillava.load` chooses.
     """
     _, config = llava_hf_config(folder, clip_folder)
     device = resolve_device(device)
