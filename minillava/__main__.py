@@ -1,4 +1,4 @@
-
+"""`python -m minillava`: the `minillava` command (minillava/cli.py)."""
 from .cli import run
 
 run()
