@@ -5,7 +5,7 @@
     logits = model(**inputs)  # (1, T, vocab), equal to transformers' LlavaForConditionalGeneration
     ids = minillava.generate(model, **inputs, max_new_tokens=20)
 """
-from .compare import compare
+from .comparison import compare
 from .config import LlavaConfig, TextConfig, VisionConfig
 from .errors import (
     CheckpointError,
@@ -24,7 +24,7 @@ from .llava import Llava
 from .loading import DEMO, load, load_model
 from .processor import Processor
 from .session import ChatSession, stream
-from .verify import verify
+from .verification import verify
 
 __all__ = ["load", "load_model", "generate", "stream", "ChatSession", "Llava", "Processor", "LlavaConfig",
            "TextConfig", "VisionConfig", "compare", "verify", "MinillavaError", "ConfigError", "CheckpointError",

@@ -10,13 +10,13 @@ import torch
 from safetensors.torch import save_file
 
 from .chat import system_message, user_message
-from .compare import compare
+from .comparison import compare
 from .errors import MinillavaError, PromptError
 from .images import load_image
 from .loading import load
 from .original import convert_original
 from .session import ChatSession
-from .verify import verify
+from .verification import verify
 
 CHAT_USAGE = "commands: /image PATH (an image for your next message), /reset (start over), /quit"
 

@@ -75,10 +75,10 @@ def plant(stages, name):
 
 def test_stages_in_pipeline_order(ref):
     names = list(ref)
-    assert minillava.compare.__module__ == "minillava.compare"
+    assert minillava.compare.__module__ == "minillava.comparison"
     assert names == ["input_ids", "attention_mask", "pixel_values", "vision_hidden_states.2", "vision_features",
                      "image_features", "inputs_embeds", "logits"]
-    from minillava.compare import pipeline_order
+    from minillava.comparison import pipeline_order
     assert pipeline_order(reversed(names + ["vision_hidden_states.10", "other"])) == (
         names[:3] + ["vision_hidden_states.2", "vision_hidden_states.10"] + names[4:] + ["other"])
 

@@ -61,7 +61,7 @@ def test_model_files_import_only_the_model(name):
 
 def test_no_public_name_hides_a_module():
     """`import minillava.x as m` gives the module x: every public name of a package is its module or a name that
-    none of its modules has (a function `compare` beside compare.py would hide the module)."""
+    none of its modules has (a function `compare` beside a compare.py would hide the module)."""
     hidden = []
     for init in sorted(PACKAGE.rglob("__init__.py")):
         package = importlib.import_module(".".join(init.parent.relative_to(ROOT).parts))
@@ -156,7 +156,7 @@ def resolve(obj, attributes):
 @pytest.fixture(scope="module")
 def instances():
     import minillava
-    from minillava.compare import compare
+    from minillava.comparison import compare
     model, processor = minillava.load()
     stages = {"logits": torch.zeros(1, 2, 3)}
     return {"model": model, "processor": processor, "config": model.config, "tokenizer": processor.tokenizer,

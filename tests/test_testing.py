@@ -94,7 +94,7 @@ def test_seeded(tmp_path):
 
 
 def test_transformers_is_never_imported_by_the_package():
-    code = ("import sys, minillava, minillava.testing, minillava.compare, minillava.verify, minillava.cli\n"
+    code = ("import sys, minillava, minillava.testing, minillava.comparison, minillava.verification, minillava.cli\n"
             "assert 'transformers' not in sys.modules, 'imported'\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]

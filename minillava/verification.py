@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import INDEX, check_layer_counts, plan_weights, stored_tensors, weight_files
-from .compare import compare
+from .comparison import compare
 from .config import LlavaConfig
 from .errors import CheckpointError, ConfigError, TokenizerError
 from .llava import Llava
