@@ -16,7 +16,7 @@ from minillava.cli import main
 from minillava.original import convert_original
 from tests.test_compare import Buffer
 
-verify_module = sys.modules["minillava.verify"]  # `minillava.verify` is the function
+verify_module = sys.modules["minillava.verification"]
 
 
 def assert_verified(report):
