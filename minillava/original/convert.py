@@ -42,12 +42,7 @@ CLIP_UNUSED = ("text_model.", "logit_scale", "visual_projection.weight", "text_p
 def read_bin(path):
     """A `.bin` state dict, unpickled with weights_only=True (mmapped when the file format allows)."""
     try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:  # mmap needs the zip format torch >= 1.6 writes; older files load without
-            if "mmap" not in str(e):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = _load_tensors(path)
     except pickle.UnpicklingError as e:  # torch's message suggests weights_only=False: exactly what we never do
         reason = next((line.strip() for line in str(e).splitlines() if "nsupported" in line), "a non-tensor object")
         reason = reason.removeprefix("WeightsUnpickler error: ").split(". Please")[0]
@@ -64,9 +59,20 @@ def read_bin(path):
     return obj
 
 
+def _load_tensors(path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:  # mmap needs the zip format torch >= 1.6 writes; older files load without it
+        if "mmap" not in str(e):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _read_json(path, default=None):
     """config.read_json, or `default` (when given) for a missing file."""
-    return default if default is not None and not Path(path).is_file() else read_json(path)
+    if default is not None and not Path(path).is_file():
+        return default
+    return read_json(path)
 
 
 def _bin_files(folder):
@@ -88,8 +94,11 @@ def original_key(key):
 
 def clip_key(key):
     """openai CLIP key -> llava-hf hub key; None = a part LLaVA does not use."""
-    unused, tower = key.startswith(CLIP_UNUSED), key.startswith("vision_model.")
-    return None if unused else "vision_tower." + key if tower else key
+    if key.startswith(CLIP_UNUSED):
+        return None
+    if key.startswith("vision_model."):
+        return "vision_tower." + key
+    return key  # unknown: left as is, so the strict check names it
 
 
 # --- config ---------------------------------------------------------------------------------------
