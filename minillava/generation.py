@@ -137,6 +137,8 @@ def generate_tokens(model, input_ids, pixel_values=None, attention_mask=None, *,
     start_pos tokens, which attention_mask (B, start_pos + T) then covers too).
     """
     check_settings(max_new_tokens, temperature, top_k, top_p)
+    if not is_int(start_pos) or start_pos < 0:
+        raise GenerationError(f"start_pos = {start_pos!r}, expected an integer >= 0 (what the cache holds)")
     eos, pad = end_tokens(model.config, eos_token_id, pad_token_id)
     check_inputs(model.config, input_ids, pixel_values)  # a tensor of ids, before its shape is read
     B, T = input_ids.shape

@@ -108,6 +108,8 @@ def test_a_cache_passed_in_must_fit_the_run(models):
         generate_tokens(ours, ids, max_new_tokens=4, cache=ours.new_cache(2, 64))
     with pytest.raises(GenerationError, match="start_pos = 3 without a cache"):
         generate_tokens(ours, ids, attention_mask=torch.ones(1, T + 3), start_pos=3)
+    with pytest.raises(GenerationError, match="start_pos = -1, expected an integer >= 0"):
+        generate_tokens(ours, ids, cache=ours.new_cache(1, 64), start_pos=-1)
     # a cache that holds a prefix: the rest of the prompt runs after it, with the same tokens as a fresh run
     cache = ours.new_cache(1, T + 4)
     generate_tokens(ours, ids[:, :3], max_new_tokens=1, cache=cache)  # fills positions 0, 1, 2
