@@ -27,7 +27,8 @@ import torch
 VISION_L336 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                    image_size=336, patch_size=14, model_type="clip_vision_model")
 SIZES = {
-    "tiny": dict(vision=dict(VISION_L336, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4),
+    "tiny": dict(vision=dict(VISION_L336, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                             num_attention_heads=4),
                  text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                            num_key_value_heads=2), dtype="float32"),
     "small": dict(vision=VISION_L336, text=dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=16,
@@ -161,8 +162,8 @@ def main():
     if a.child:
         return child_load(a.child[0], a.child[1], a.device, dtype)
     torch.manual_seed(0)
-    folder = build_checkpoint(a.size, a.ckpt or Path.home() / ".cache" / "minillava-bench" / f"{a.size}-{a.layers or 'all'}",
-                              a.layers)
+    cached = Path.home() / ".cache" / "minillava-bench" / f"{a.size}-{a.layers or 'all'}"
+    folder = build_checkpoint(a.size, a.ckpt or cached, a.layers)
     size_mb = sum(f.stat().st_size for f in Path(folder).glob("*.safetensors")) / 2**20
     impls = ["minillava", "transformers"]
     res = {i: {k: [] for k in ("load_s", "load_peak_mb", "load_and_forward_s", "after_forward_peak_mb", "ttft_s",
@@ -204,10 +205,11 @@ def main():
     bw = copy_bandwidth_gbs(a.device)
     bytes_tok = decode_bytes_per_token(folder, dtype)
     summary = {"size": a.size, "layers": a.layers, "dtype": dtype, "device": a.device, "checkpoint_mb": size_mb,
-               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                          f"threads {torch.get_num_threads()}"
+               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                          f"torch {torch.__version__}, threads {torch.get_num_threads()}"
                           + (f", {torch.cuda.get_device_name()}" if a.device.startswith("cuda") else ""),
-               "copy_bandwidth_gbs": bw, "decode_bytes_per_token": bytes_tok, "decode_ceiling_tok_s": bw * 1e9 / bytes_tok,
+               "copy_bandwidth_gbs": bw, "decode_bytes_per_token": bytes_tok,
+               "decode_ceiling_tok_s": bw * 1e9 / bytes_tok,
                "median": {i: {k: statistics.median(v) for k, v in res[i].items()} for i in impls}, "runs": res}
     # the ratio of each side-by-side pair of runs, then the median: the machine's speed drifts between
     # repeats (by tens of percent on a shared 2-core VM), and a pair run back to back shares the drift

@@ -157,7 +157,8 @@ def child_paired(folder, out, threads, rounds):
     if threads:
         torch.set_num_threads(threads)
     ids, pv, steps = inputs()
-    models = {"stored": minillava.load_model(folder), "materialized": minillava.load_model(folder, weights="materialized")}
+    models = {"stored": minillava.load_model(folder),
+              "materialized": minillava.load_model(folder, weights="materialized")}
     res = {k: {"ttft_s": [], "step_s": []} for k in models}
     with torch.no_grad():
         caches = {}
@@ -213,7 +214,8 @@ def paired(folder, threads, rounds=3):
           f"materialized TTFT {ttft:.3f} (median {statistics.median(s['ttft_s']):.2f} s vs "
           f"{statistics.median(m['ttft_s']):.2f} s), decode tok/s {decode:.3f} (median step "
           f"{statistics.median(s['step_s']):.3f} s vs {statistics.median(m['step_s']):.3f} s)")
-    print(f"one 11008 x 4096 weight, one token: float32 read at {a['f32_gemv_gbs']:.1f} GB/s ({a['f32_gemv_ms']:.1f} ms); "
+    print(f"one 11008 x 4096 weight, one token: float32 read at {a['f32_gemv_gbs']:.1f} GB/s "
+          f"({a['f32_gemv_ms']:.1f} ms); "
           f"float16 widened at {a['f16_widen_gelem_s']:.2f} G values/s; widened product {a['widened_gemv_ms']:.1f} ms. "
           f"Widening beats reading float32 only where it converts faster than float32 streams from memory "
           f"(above {a['f32_gemv_gbs'] / 4:.2f} G values/s)")
@@ -260,8 +262,8 @@ def main(layers=4, repeats=2, ckpt=None, out=None, threads=None):
             for c in CONFIGS:
                 fig, logits[c] = run(folder, c, tmp, threads)
                 res[c].append(fig)
-                print(f"repeat {r + 1}/{repeats} {c:24s} " + " ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-                                                                        for k, v in fig.items()), flush=True)
+                shown = " ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in fig.items())
+                print(f"repeat {r + 1}/{repeats} {c:24s} {shown}", flush=True)
             for c in CONFIGS:
                 res[c][-1]["max_diff"] = float((logits[c] - logits["transformers float32"]).abs().max())
         check_out = Path(tmp) / "check.json"
@@ -293,7 +295,8 @@ def main(layers=4, repeats=2, ckpt=None, out=None, threads=None):
                 f"max |diff| {med[S]['max_diff']:.3g}"),
                ("peak RSS <= 1.15 x file + 0.5 GB", med[S]["rss_peak_gb"] <= bound,
                 f"{med[S]['rss_peak_gb']:.2f} <= {bound:.2f} GB"),
-               ("TTFT <= 1.05 x materialized", ratios["ttft_vs_materialized"] <= 1.05, f"{ratios['ttft_vs_materialized']:.3f}"),
+               ("TTFT <= 1.05 x materialized", ratios["ttft_vs_materialized"] <= 1.05,
+                f"{ratios['ttft_vs_materialized']:.3f}"),
                ("TTFT <= 0.25 x transformers default", ratios["ttft_vs_transformers_default"] <= 0.25,
                 f"{ratios['ttft_vs_transformers_default']:.3f}"),
                ("decode >= 1.25 x materialized", ratios["decode_vs_materialized"] >= 1.25,
@@ -306,8 +309,8 @@ def main(layers=4, repeats=2, ckpt=None, out=None, threads=None):
     print(f"  memory check message: {check['message']}")
     extrapolate(layers, med, file_gb)
     if out:
-        Path(out).write_text(json.dumps({"layers": layers, "file_gb": file_gb, "runs": res, "median": med, "paired": pair,
-                                         "ratios": ratios, "check": check,
+        Path(out).write_text(json.dumps({"layers": layers, "file_gb": file_gb, "runs": res, "median": med,
+                                         "paired": pair, "ratios": ratios, "check": check,
                                          "targets": {label: [ok, f] for label, ok, f in targets}}, indent=1))
 
 
@@ -320,8 +323,8 @@ def extrapolate(layers, med, file_gb):
     print("  RSS(full) = RSS(slice) + (P(full) - P(slice)) x b;  TTFT(full) = TTFT(slice) x F(full) / F(slice);\n"
           "  tok/s(full) = tok/s(slice) x W(slice) / W(full);  load(full) = load(slice) x P(full) / P(slice)")
     print(f"  slice: P {n['total'] / 1e9:.3f} B, W {n['per_token'] / 1e9:.3f} B, F {n['prefill_macs'] / 1e12:.3f} T; "
-          + "; ".join(f"{k}: P {v['total'] / 1e9:.3f} B, W {v['per_token'] / 1e9:.3f} B, F {v['prefill_macs'] / 1e12:.3f} T"
-                      for k, v in full.items()))
+          + "; ".join(f"{k}: P {v['total'] / 1e9:.3f} B, W {v['per_token'] / 1e9:.3f} B, "
+                      f"F {v['prefill_macs'] / 1e12:.3f} T" for k, v in full.items()))
     for name, f in full.items():
         print(f"  {name}: file {f['total'] * 2 / 1e9:.1f} GB")
         for c, m in med.items():

@@ -19,8 +19,9 @@ from .errors import PromptError
 
 VICUNA_V1_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
                     "The assistant gives helpful, detailed, and polite answers to the user's questions.")
-# llava-hf's chat_template.json (llava-hf/llava-1.5-7b-hf on the hub): what format_conversation(style="llava") renders, in Jinja,
-# for checkpoint folders that minillava writes (so transformers' apply_chat_template works on them too)
+# llava-hf's chat_template.json (llava-hf/llava-1.5-7b-hf on the hub): what format_conversation(style="llava")
+# renders, in Jinja, for checkpoint folders that minillava writes (so transformers' apply_chat_template works on
+# them too)
 LLAVA_CHAT_TEMPLATE = (
     "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
     "{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"

@@ -78,7 +78,8 @@ class Report:
         lines = [f"{'stage':30s} {'shape':22s} {'max abs':>10s} {'mean abs':>10s} {'rel':>10s}  result",
                  *(f"{r.name:30s} {str(list(r.shape)):22s} {r.max_abs:10.3g} {r.mean_abs:10.3g} {r.rel:10.3g}  "
                    f"{'ok' if r.passed else 'FAIL'}{'  ' + r.note if r.note else ''}" for r in self.rows),
-                 f"tolerance: |other - ref| <= {self.atol:g} + {self.rtol:g} * |ref|; integer stages exact", *self.notes]
+                 f"tolerance: |other - ref| <= {self.atol:g} + {self.rtol:g} * |ref|; integer stages exact",
+                 *self.notes]
         r = self.first_drift
         if r is None:
             lines.append(f"all {len(self.rows)} stages pass")

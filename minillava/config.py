@@ -89,7 +89,9 @@ class LlavaConfig:
     @property
     def feature_layers(self):
         """`vision_feature_layer` as a list of non-negative indices into hidden_states."""
-        layers = self.vision_feature_layer if isinstance(self.vision_feature_layer, list) else [self.vision_feature_layer]
+        layers = self.vision_feature_layer
+        if not isinstance(layers, list):
+            layers = [layers]
         n = self.vision_config.num_hidden_layers + 1  # hidden_states has one entry per layer plus the embeddings
         return [i % n for i in layers]
 
@@ -134,10 +136,11 @@ class LlavaConfig:
         _check_types(t, f"{source}: text_config")
         _check_types(self, source, skip=("vision_config", "text_config", "vision_feature_layer"))
         for obj, where, names in [(v, "vision_config", ("hidden_size", "intermediate_size", "num_hidden_layers",
-                                                        "num_attention_heads", "num_channels", "image_size", "patch_size")),
-                                  (t, "text_config", ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                                                      "num_attention_heads", "num_key_value_heads", "head_dim",
-                                                      "max_position_embeddings"))]:
+                                                        "num_attention_heads", "num_channels", "image_size",
+                                                        "patch_size")),
+                                  (t, "text_config", ("vocab_size", "hidden_size", "intermediate_size",
+                                                      "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                                                      "head_dim", "max_position_embeddings"))]:
             for n in names:
                 if getattr(obj, n) <= 0:
                     raise ConfigError(f"{source}: {where}.{n} = {getattr(obj, n)}, expected a positive integer")
@@ -145,29 +148,36 @@ class LlavaConfig:
             raise ConfigError(f"{source}: vision_config.hidden_size {v.hidden_size} is not divisible by "
                               f"num_attention_heads {v.num_attention_heads}")
         if v.image_size % v.patch_size:
-            raise ConfigError(f"{source}: vision_config.image_size {v.image_size} is not a multiple of patch_size {v.patch_size}")
+            raise ConfigError(f"{source}: vision_config.image_size {v.image_size} is not a multiple of patch_size "
+                              f"{v.patch_size}")
         if t.num_attention_heads % t.num_key_value_heads:
             raise ConfigError(f"{source}: text_config.num_attention_heads {t.num_attention_heads} is not divisible by "
                               f"num_key_value_heads {t.num_key_value_heads}")
         if t.head_dim % 2:
             raise ConfigError(f"{source}: text_config.head_dim {t.head_dim} must be even for rotary embeddings")
-        for where, name, x in [("text_config", "rms_norm_eps", t.rms_norm_eps), ("text_config", "rope_theta", t.rope_theta),
+        for where, name, x in [("text_config", "rms_norm_eps", t.rms_norm_eps),
+                               ("text_config", "rope_theta", t.rope_theta),
                                ("vision_config", "layer_norm_eps", v.layer_norm_eps)]:
             if not _positive_finite(x):
                 raise ConfigError(f"{source}: {where}.{name} = {x!r}, expected a positive finite number")
         if t.sliding_window is not None and t.sliding_window <= 0:
-            raise ConfigError(f"{source}: text_config.sliding_window = {t.sliding_window}, expected a positive integer or null")
+            raise ConfigError(f"{source}: text_config.sliding_window = {t.sliding_window}, expected a positive integer "
+                              f"or null")
         if t.hidden_act not in TEXT_ACTIVATIONS:
             raise ConfigError(f"{source}: text_config.hidden_act {t.hidden_act!r} is not supported (expected one of "
                               f"{TEXT_ACTIVATIONS})")
         if v.hidden_act not in ("quick_gelu", "gelu"):
-            raise ConfigError(f"{source}: vision_config.hidden_act {v.hidden_act!r} is not supported (expected 'quick_gelu')")
+            raise ConfigError(f"{source}: vision_config.hidden_act {v.hidden_act!r} is not supported "
+                              f"(expected 'quick_gelu')")
         if self.projector_hidden_act != "gelu":
-            raise ConfigError(f"{source}: projector_hidden_act {self.projector_hidden_act!r} is not supported (expected 'gelu')")
+            raise ConfigError(f"{source}: projector_hidden_act {self.projector_hidden_act!r} is not supported "
+                              f"(expected 'gelu')")
         if self.vision_feature_select_strategy not in ("default", "full"):
             raise ConfigError(f"{source}: vision_feature_select_strategy {self.vision_feature_select_strategy!r}, "
                               f"expected 'default' or 'full'")
-        layers = self.vision_feature_layer if isinstance(self.vision_feature_layer, list) else [self.vision_feature_layer]
+        layers = self.vision_feature_layer
+        if not isinstance(layers, list):
+            layers = [layers]
         n = v.num_hidden_layers + 1
         if not layers or not all(type(i) is int and -n <= i < n for i in layers):
             raise ConfigError(f"{source}: vision_feature_layer {self.vision_feature_layer!r}, expected an int or a "
@@ -241,7 +251,8 @@ def _text_from_dict(d, source):
     t = TextConfig(**kw)
     if t.num_key_value_heads is None:
         t.num_key_value_heads = t.num_attention_heads
-    if t.head_dim is None and type(t.hidden_size) is int and type(t.num_attention_heads) is int and t.num_attention_heads > 0:
+    heads = t.num_attention_heads
+    if t.head_dim is None and type(t.hidden_size) is int and type(heads) is int and heads > 0:
         t.head_dim = t.hidden_size // t.num_attention_heads
     return t
 

@@ -103,7 +103,8 @@ def repeat_kv(x, n_rep):
 class LlamaAttention(nn.Module):
     def __init__(self, config: TextConfig, layer_idx):
         super().__init__()
-        self.n_heads, self.n_kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        self.n_heads, self.n_kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = config.head_dim
         D, b = config.hidden_size, config.attention_bias
         self.q_proj = Linear(D, self.n_heads * self.head_dim, bias=b)
         self.k_proj = Linear(D, self.n_kv_heads * self.head_dim, bias=b)

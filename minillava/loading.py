@@ -73,8 +73,8 @@ def _hub_hint(path):
     """For 'llava-hf/llava-1.5-7b-hf' (an organisation and a repository name, neither a folder here): how to get it."""
     if len(path.parts) != 2 or path.is_absolute() or Path(path.parts[0]).exists():
         return ""
-    return (f"; names are not downloaded: minillava reads local folders (download it first: hf download {path.as_posix()} "
-            f"--local-dir {path.parts[1]}, see weights.md)")
+    return (f"; names are not downloaded: minillava reads local folders (download it first: "
+            f"hf download {path.as_posix()} --local-dir {path.parts[1]}, see weights.md)")
 
 
 def kept_as_stored(model, dtype, weights):

@@ -83,7 +83,8 @@ def compile_template(source):
 
 def is_batch(conversation):
     """A list of conversations (each a list of messages), as transformers tells them apart."""
-    return isinstance(conversation, (list, tuple)) and len(conversation) > 0 and isinstance(conversation[0], (list, tuple))
+    sequence = (list, tuple)
+    return isinstance(conversation, sequence) and len(conversation) > 0 and isinstance(conversation[0], sequence)
 
 
 def render(template, conversation, add_generation_prompt=False, special_tokens=None, spans=False,

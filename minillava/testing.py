@@ -136,7 +136,8 @@ def write_original(folder, seed=0, max_shard_bytes=100_000):
                          ("multi_modal_projector.linear_2.", "model.mm_projector.2.")):
             if key.startswith(old):
                 name = new + key[len(old):]
-                llava[name] = x[:IMAGE_TOKEN_INDEX].clone() if name.endswith(("embed_tokens.weight", "lm_head.weight")) else x
+                vocabulary = name.endswith(("embed_tokens.weight", "lm_head.weight"))
+                llava[name] = x[:IMAGE_TOKEN_INDEX].clone() if vocabulary else x
                 break
         else:  # vision_tower.vision_model.* -> vision_model.*
             clip[key.removeprefix("vision_tower.")] = x

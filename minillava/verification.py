@@ -154,7 +154,9 @@ def reference_outputs(folder, text, image, device, dtype, max_new_tokens, pad_to
 def check_files(folder):
     """Every weight file present and exactly as long as its header says; the index agrees with the shards."""
     files = weight_files(folder)  # names a shard the index lists but the folder lacks
-    index = json.loads((folder / INDEX).read_text(encoding="utf-8"))["weight_map"] if (folder / INDEX).is_file() else None
+    index = None
+    if (folder / INDEX).is_file():
+        index = json.loads((folder / INDEX).read_text(encoding="utf-8"))["weight_map"]
     for path in files:
         header = read_header(path)
         if index is not None:
@@ -183,8 +185,8 @@ def read_header(path):
         except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
             raise CheckpointError(f"{path}: not a safetensors file (unreadable header: {e})") from None
     if size != 8 + n + end:
-        raise CheckpointError(f"{path}: {size} bytes, but its header describes {8 + n + end} "
-                              f"({'truncated download? fetch this file again' if size < 8 + n + end else 'extra bytes'})")
+        why = "truncated download? fetch this file again" if size < 8 + n + end else "extra bytes"
+        raise CheckpointError(f"{path}: {size} bytes, but its header describes {8 + n + end} ({why})")
     return header
 
 

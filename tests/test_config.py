@@ -33,7 +33,8 @@ def test_missing_and_invalid_config(ckpt):
 @pytest.mark.parametrize("where,key,value", [
     ("text_config", "num_hidden_layers", "32"), ("text_config", "num_hidden_layers", True),
     ("text_config", "num_hidden_layers", 3.5), ("text_config", "num_hidden_layers", None),
-    ("vision_config", "hidden_size", None), ("text_config", "rms_norm_eps", "1e-6"), ("text_config", "vocab_size", [64]),
+    ("vision_config", "hidden_size", None), ("text_config", "rms_norm_eps", "1e-6"),
+    ("text_config", "vocab_size", [64]),
     (None, "image_token_index", "63"), (None, "vision_feature_layer", 1.0), (None, "tie_word_embeddings", "no"),
     (None, "text_config", [1]), (None, "vision_config", "clip")])
 def test_config_field_of_the_wrong_type(ckpt, where, key, value):
@@ -47,12 +48,14 @@ def test_config_field_of_the_wrong_type(ckpt, where, key, value):
     ("text_config", "num_hidden_layers", 0, "positive"), ("vision_config", "num_hidden_layers", 0, "positive"),
     ("text_config", "hidden_size", -16, "positive"), ("text_config", "vocab_size", -1, "positive"),
     ("vision_config", "patch_size", 5, "multiple"), ("text_config", "head_dim", 3, "even"),
-    ("text_config", "rms_norm_eps", float("nan"), "positive finite"), ("text_config", "rope_theta", float("inf"), "finite"),
+    ("text_config", "rms_norm_eps", float("nan"), "positive finite"),
+    ("text_config", "rope_theta", float("inf"), "finite"),
     ("text_config", "rms_norm_eps", 10 ** 400, "finite"), ("text_config", "sliding_window", 0, "positive"),
     ("text_config", "hidden_act", "tanh", "not supported"),
     (None, "vision_feature_layer", 2, "[-2, 1]"), (None, "vision_feature_layer", -3, "[-2, 1]"),
     (None, "vision_feature_layer", [], "non-empty"), (None, "image_token_index", 64, "outside the vocabulary"),
-    (None, "image_token_index", -1, "outside the vocabulary"), (None, "vision_feature_select_strategy", "cls", "expected"),
+    (None, "image_token_index", -1, "outside the vocabulary"),
+    (None, "vision_feature_select_strategy", "cls", "expected"),
     (None, "projector_hidden_act", "relu", "not supported"), (None, "torch_dtype", "int8", "dtype")])
 def test_config_impossible_values(ckpt, where, key, value, why):
     edit_config(ckpt, lambda c: (c[where] if where else c).__setitem__(key, value))
@@ -70,7 +73,8 @@ def test_config_sizes_no_model_can_have(ckpt):
 @pytest.mark.parametrize("change,culprit", [
     (lambda c: c.update(model_type="llava_next"), "'llava_next'"),
     (lambda c: c.update(model_type="llava_onevision"), "'llava_onevision'"),
-    (lambda c: c.clear() or c.update(model_type="llama", hidden_size=16, architectures=["LlamaForCausalLM"]), "'llama'"),
+    (lambda c: c.clear() or c.update(model_type="llama", hidden_size=16, architectures=["LlamaForCausalLM"]),
+     "'llama'"),
     (lambda c: c.pop("model_type"), "None"),
     (lambda c: c["text_config"].update(model_type="qwen2"), "'qwen2'"),
     (lambda c: c["vision_config"].update(model_type="siglip_vision_model"), "'siglip_vision_model'"),

@@ -24,9 +24,9 @@ def loaded():
 def test_demo_is_small_and_complete():
     size = sum(f.stat().st_size for f in DEMO.iterdir() if f.is_file())
     assert size <= 20 * 2**20
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                 "added_tokens.json", "preprocessor_config.json", "processor_config.json", "chat_template.json",
-                 "generation_config.json", "training_log.json", "example.png"):
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                 "special_tokens_map.json", "added_tokens.json", "preprocessor_config.json", "processor_config.json",
+                 "chat_template.json", "generation_config.json", "training_log.json", "example.png"):
         assert (DEMO / name).is_file(), name
 
 
@@ -46,7 +46,8 @@ def test_transformers_loads_the_demo_and_agrees(loaded):
     images = [c["image"] for c in convs if c["image"] is not None]
     want = ref_processor(text=texts, images=images, padding=True, return_tensors="pt")
     got = processor(text=texts, images=images)
-    assert torch.equal(got["input_ids"], want["input_ids"]) and torch.equal(got["attention_mask"], want["attention_mask"])
+    assert torch.equal(got["input_ids"], want["input_ids"])
+    assert torch.equal(got["attention_mask"], want["attention_mask"])
     assert (got["pixel_values"] - want["pixel_values"]).abs().max() <= 1e-6
     logits = model(got["input_ids"], got["pixel_values"], attention_mask=got["attention_mask"])
     ref_logits = ref(**want).logits
@@ -136,7 +137,8 @@ def test_withheld_wordings_are_never_trained():
     assert not trained & withheld
     texts = set(shapes.trained_texts())  # what the tokenizer learns from
     rng = random.Random(2)
-    withheld_questions = [q for c in evaluate.conversation_set(n_trained=0, n_withheld=40, n_no_image=0) for q, _ in c["turns"]]
+    withheld = evaluate.conversation_set(n_trained=0, n_withheld=40, n_no_image=0)
+    withheld_questions = [q for c in withheld for q, _ in c["turns"]]
     assert not texts & set(withheld_questions)
     trained_questions = [q for _ in range(300) for q, _ in conversations.draw(rng, 2)["turns"]]
     assert all(from_a_trained_wording(q, texts) for q in trained_questions)

@@ -79,7 +79,8 @@ def run_command(argv, hub):
     while argv and re.fullmatch(r"[A-Z_]+=.*", argv[0]):  # VAR=value before a command: one the code reads
         name = argv.pop(0).split("=")[0]
         sources = [*(ROOT / "notebooks").glob("*.ipynb"), *(ROOT / "minillava").rglob("*.py")]
-        assert any(re.search(rf"environ.get\(\\?\"{name}\\?\"\)", p.read_text()) for p in sources), f"nothing reads ${name}"
+        read = rf"environ.get\(\\?\"{name}\\?\"\)"
+        assert any(re.search(read, p.read_text()) for p in sources), f"nothing reads ${name}"
     if any(tuple(argv[:len(k)]) == k for k in NOT_RUN):
         return
     if argv[:2] == ["hf", "download"]:
@@ -92,7 +93,8 @@ def run_command(argv, hub):
         return
     assert argv[0] == "minillava", f"a command the documentation test does not know: {argv}"
     if argv[1] == "compare":  # the reader's engine's dump: here ours, under the names its --map gives
-        renames = {ours: theirs for theirs, ours in (argv[i + 1].split("=") for i in range(len(argv)) if argv[i] == "--map")}
+        maps = [argv[i + 1].split("=") for i in range(len(argv)) if argv[i] == "--map"]
+        renames = {ours: theirs for theirs, ours in maps}
         save_file({renames.get(k, k): v for k, v in load_file(argv[2]).items()}, argv[3])
     if not torch.cuda.is_available():
         argv = ["cpu" if a == "cuda" else a for a in argv]

@@ -22,10 +22,12 @@ def test_unreadable_image_files(tiny_processor, tmp_path):
     for name, content in files.items():
         if content is not None:
             (tmp_path / name).write_bytes(content)
-        msg = raises(ImageError, "image 1", name, call=lambda: tiny_processor.preprocess([photo(), str(tmp_path / name)]))
+        msg = raises(ImageError, "image 1", name,
+                     call=lambda: tiny_processor.preprocess([photo(), str(tmp_path / name)]))
         assert ("not found" if content is None else "cannot be read") in msg
     raises(ImageError, "image 0", "empty image", call=lambda: tiny_processor.preprocess([Image.new("RGB", (0, 7))]))
-    raises(ImageError, "image 0", "empty image", call=lambda: tiny_processor.preprocess([np.zeros((0, 4, 3), np.uint8)]))
+    raises(ImageError, "image 0", "empty image",
+           call=lambda: tiny_processor.preprocess([np.zeros((0, 4, 3), np.uint8)]))
     raises(ImageError, "image 0", "NoneType", call=lambda: tiny_processor.preprocess([None]))
     raises(ImageError, "image 0", "uint16", call=lambda: tiny_processor.preprocess([photo().astype(np.uint16)]))
 
@@ -41,7 +43,8 @@ def test_decompression_bombs_are_refused(tiny_processor, tmp_path, monkeypatch):
     # PIL only warns between 1 and 2 x MAX_IMAGE_PIXELS; minillava refuses from 1 x
     save(Image.fromarray(photo(40, 60)), tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40 * 60 - 1)
-    raises(ImageError, "big.png", "60x40", "too many pixels", call=lambda: tiny_processor.preprocess([tmp_path / "big.png"]))
+    raises(ImageError, "big.png", "60x40", "too many pixels",
+           call=lambda: tiny_processor.preprocess([tmp_path / "big.png"]))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40 * 60)
     assert tiny_processor.preprocess([tmp_path / "big.png"]).shape == (1, 3, 336, 336)
 

@@ -274,8 +274,9 @@ REAL_CONFIGS = {
     "llava-1.5-13b-hf": {"architectures": ["LlavaForConditionalGeneration"], "ignore_index": -100,
                          "image_token_index": 32000, "model_type": "llava", "pad_token_id": 32001,
                          "projector_hidden_act": "gelu",
-                         "text_config": {"_name_or_path": "lmsys/vicuna-13b-v1.5", "architectures": ["LlamaForCausalLM"],
-                                         "hidden_size": 5120, "intermediate_size": 13824, "max_position_embeddings": 4096,
+                         "text_config": {"_name_or_path": "lmsys/vicuna-13b-v1.5",
+                                         "architectures": ["LlamaForCausalLM"], "hidden_size": 5120,
+                                         "intermediate_size": 13824, "max_position_embeddings": 4096,
                                          "model_type": "llama", "num_attention_heads": 40, "num_hidden_layers": 40,
                                          "num_key_value_heads": 40, "rms_norm_eps": 1e-05, "torch_dtype": "float16",
                                          "vocab_size": 32064},
@@ -283,9 +284,10 @@ REAL_CONFIGS = {
                          "vision_feature_layer": -2, "vision_feature_select_strategy": "default", "vocab_size": 32064},
     "bakLlava-v1-hf": {"image_token_index": 32000, "model_type": "llava", "pad_token_id": 32001,
                        "projector_hidden_act": "gelu",
-                       "text_config": {"_name_or_path": "mistralai/Mistral-7B-v0.1", "architectures": ["MistralForCausalLM"],
-                                       "intermediate_size": 14336, "max_position_embeddings": 32768,
-                                       "model_type": "mistral", "num_key_value_heads": 8, "rms_norm_eps": 1e-05,
+                       "text_config": {"_name_or_path": "mistralai/Mistral-7B-v0.1",
+                                       "architectures": ["MistralForCausalLM"], "intermediate_size": 14336,
+                                       "max_position_embeddings": 32768, "model_type": "mistral",
+                                       "num_key_value_heads": 8, "rms_norm_eps": 1e-05,
                                        "sliding_window": 4096, "torch_dtype": "bfloat16", "vocab_size": 32064},
                        "torch_dtype": "bfloat16", "vision_config": VISION_336, "vision_feature_layer": -2,
                        "vision_feature_select_strategy": "default", "vocab_size": 32064},
@@ -327,7 +329,8 @@ def test_model_inputs(tiny_model):
     raises(PromptError, "1 image tokens", "no pixel_values", call=lambda: tiny_model(ids))
     pv = torch.zeros(1, 3, 28, 28)
     raises(PromptError, "1 image tokens", "2 image(s)", call=lambda: tiny_model(ids, torch.cat([pv, pv])))
-    raises(ImageError, "(1, 3, 336, 336)", "(n_images, 3, 28, 28)", call=lambda: tiny_model(ids, torch.zeros(1, 3, 336, 336)))
+    raises(ImageError, "(1, 3, 336, 336)", "(n_images, 3, 28, 28)",
+           call=lambda: tiny_model(ids, torch.zeros(1, 3, 336, 336)))
     raises(ImageError, "(1, 4, 28, 28)", call=lambda: tiny_model(ids, torch.zeros(1, 4, 28, 28)))
     raises(PromptError, "outside the vocabulary", "max 64", call=lambda: tiny_model(torch.tensor([[1, 64]])))
     raises(PromptError, "outside the vocabulary", "min -1", call=lambda: tiny_model(torch.tensor([[-1, 2]])))

@@ -229,7 +229,8 @@ def test_original_token_ids(converted):
     """The original's tokenizer_image_token (llava/mm_utils.py): "... USER: <image>\\nPlease describe ..." ->
     [..., 3148, 1001, 29901, 29871, <image>, 29871, 13, 12148, ...] with the real Llama-2 tokenizer."""
     processor = Processor.from_pretrained(converted)
-    conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Please describe the image."}]}]
+    conversation = [{"role": "user",
+                     "content": [{"type": "image"}, {"type": "text", "text": "Please describe the image."}]}]
     image = Image.new("RGB", (70, 50), (200, 30, 30))
     inputs = prepare(processor, conversation, [image])
     ids = inputs["input_ids"][0].tolist()
@@ -317,8 +318,8 @@ def test_bin_with_anything_but_tensors_is_refused(tmp_path, case):
     torch.save(bad_bins()[case], path)
     with pytest.raises(CheckpointError, match="pytorch_model.bin") as e:
         read_bin(path)
-    assert {"custom object": "GLOBAL tests.test_original.Custom", "string value": "'b' -> str", "a list": "found a list",
-            "int key": "1 -> Tensor"}[case] in str(e.value)
+    assert {"custom object": "GLOBAL tests.test_original.Custom", "string value": "'b' -> str",
+            "a list": "found a list", "int key": "1 -> Tensor"}[case] in str(e.value)
 
 
 @pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])

@@ -118,7 +118,8 @@ def torchvision_available():
 def folders(tmp_path_factory):
     """(tokenizer, legacy) -> a complete llava-hf style folder (with config.json, as real downloads have)."""
     root = tmp_path_factory.mktemp("processor")
-    return {(t, legacy): str(write_processor_files(root / f"{t}-legacy{legacy}", tokenizer=t, legacy=legacy, config=True))
+    return {(t, legacy): str(write_processor_files(root / f"{t}-legacy{legacy}", tokenizer=t, legacy=legacy,
+                                                   config=True))
             for t, legacy in TOKENIZERS}
 
 
@@ -160,7 +161,8 @@ def test_left_padded_batches_match_transformers(folders, small_image, tok, batch
 
 
 def test_legacy_flag_has_no_effect_on_a_llava_folder(folders):
-    # tokenizer.json is used verbatim (a plain TokenizersBackend on a llava folder), so the "▁" (29871) after <image> stays
+    # tokenizer.json is used verbatim (a plain TokenizersBackend on a llava folder), so the "▁" (29871) after <image>
+    # stays
     ids = [Processor.from_pretrained(folders[("llama2", legacy)]).tokenizer.encode("USER: <image>\nWhat").ids
            for legacy in (False, True)]
     assert ids[0] == ids[1] == [1, 3148, 1001, 29901, 29871, 32000, 29871, 13, 5618]
@@ -171,12 +173,14 @@ def test_legacy_flag_has_no_effect_on_a_llava_folder(folders):
 def test_folder_variants_match_transformers(tmp_path, small_image, variant):
     kw = {"padding_right": dict(padding_side="right"), "strategy_full": dict(strategy="full"),
           "small_28_14": dict(image_size=28, patch_size=14), "small_56_7": dict(image_size=56, patch_size=7),
-          "jinja": dict(chat_template="jinja"), "mistral_30x30": dict(tokenizer="mistral", image_size=30, patch_size=10),
+          "jinja": dict(chat_template="jinja"),
+          "mistral_30x30": dict(tokenizer="mistral", image_size=30, patch_size=10),
           "bos_eos_flags": {}}[variant]
     folder = write_processor_files(tmp_path, config=True, **kw)
     if variant == "bos_eos_flags":  # ignored by transformers 5.23 on a llava folder: tokenizer.json decides
         cfg = json.loads((folder / "tokenizer_config.json").read_text())
-        (folder / "tokenizer_config.json").write_text(json.dumps({**cfg, "add_bos_token": False, "add_eos_token": True}))
+        flags = {"add_bos_token": False, "add_eos_token": True}
+        (folder / "tokenizer_config.json").write_text(json.dumps({**cfg, **flags}))
     texts = [PROMPTS[2], PROMPTS[7], PROMPTS[17]]
     images = [small_image, Image.fromarray(photo(50, 20, seed=1)), small_image]
     theirs = AutoProcessor.from_pretrained(folder, backend="pil")(text=texts, images=images, padding=True,
@@ -374,7 +378,8 @@ def test_do_pad_matches_llava_image_processor(tmp_path, backend):
 
 
 @pytest.mark.parametrize("backend", ["pil", "torch"])
-@pytest.mark.parametrize("change", [dict(size={"shortest_edge": 25}), dict(do_resize=False)], ids=["size25", "no_resize"])
+@pytest.mark.parametrize("change", [dict(size={"shortest_edge": 25}), dict(do_resize=False)],
+                         ids=["size25", "no_resize"])
 def test_crop_larger_than_image_matches_transformers(tmp_path, backend, change):
     # center crop zero-pads an image smaller than the crop; PIL and torchvision put the odd pixel differently
     if backend == "torch" and not torchvision_available():
@@ -466,7 +471,8 @@ def test_tokenizer_errors(tmp_path):
 
 
 def test_image_markers_and_images_must_agree(tiny_processor):
-    raises(PromptError, "2 <image> marker", "1 image", call=lambda: tiny_processor("<image><image> hi", [small_photo()]))
+    raises(PromptError, "2 <image> marker", "1 image",
+           call=lambda: tiny_processor("<image><image> hi", [small_photo()]))
     raises(PromptError, "0 <image> marker", "1 image", call=lambda: tiny_processor("hi", [small_photo()]))
     raises(PromptError, "1 <image> marker", "0 image", call=lambda: tiny_processor("<image> hi"))
     raises(PromptError, "text", call=lambda: tiny_processor([]))

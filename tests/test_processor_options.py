@@ -75,7 +75,8 @@ def test_do_convert_rgb_false(tmp_path):
         with pytest.raises(ImageError, match="do_convert_rgb: false"):
             ours.preprocess([image])
     for image in (PHOTO, Image.fromarray(PHOTO)):  # RGB goes through unchanged
-        assert torch.equal(ours.preprocess([image]), theirs.image_processor([image], return_tensors="pt")["pixel_values"])
+        want = theirs.image_processor([image], return_tensors="pt")["pixel_values"]
+        assert torch.equal(ours.preprocess([image]), want)
     # with do_convert_rgb (the default) the RGBA image is composited, in both
     ours, theirs = both(minillava.DEMO)
     assert torch.equal(ours.preprocess([rgba]), theirs.image_processor([rgba], return_tensors="pt")["pixel_values"])
@@ -107,4 +108,5 @@ def test_integer_sizes_and_scalar_mean_std(tmp_path, settings):
     folder = demo_copy(tmp_path, **settings)
     ours, theirs = both(folder)
     for image in (PHOTO, PHOTO[:30]):
-        assert torch.equal(ours.preprocess([image]), theirs.image_processor([image], return_tensors="pt")["pixel_values"])
+        want = theirs.image_processor([image], return_tensors="pt")["pixel_values"]
+        assert torch.equal(ours.preprocess([image]), want)

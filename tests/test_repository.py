@@ -65,7 +65,8 @@ def test_no_public_name_hides_a_module():
     hidden = []
     for init in sorted(PACKAGE.rglob("__init__.py")):
         package = importlib.import_module(".".join(init.parent.relative_to(ROOT).parts))
-        submodules = {p.stem for p in init.parent.glob("*.py")} | {p.parent.name for p in init.parent.glob("*/__init__.py")}
+        submodules = {p.stem for p in init.parent.glob("*.py")}
+        submodules |= {p.parent.name for p in init.parent.glob("*/__init__.py")}
         for name, value in vars(package).items():
             if name in submodules and not name.startswith("_") and not inspect.ismodule(value):
                 hidden.append(f"{package.__name__}.{name} is a {type(value).__name__} and hides the module {name}")

@@ -94,7 +94,8 @@ def test_template_variables_and_overrides(pair):
     assert (ours.apply_chat_template(conversation, chat_template=LLAVA_CHAT_TEMPLATE) ==
             theirs.apply_chat_template(conversation, chat_template=LLAVA_CHAT_TEMPLATE))
     # OpenAI-style image items and None-valued keys are normalised first
-    openai = [{"role": "user", "name": None, "content": [{"type": "image_url", "image_url": {"url": "x.png"}}, text("Hi")]}]
+    openai = [{"role": "user", "name": None,
+               "content": [{"type": "image_url", "image_url": {"url": "x.png"}}, text("Hi")]}]
     assert ours.apply_chat_template(openai) == theirs.apply_chat_template(openai)
 
 
@@ -337,4 +338,5 @@ def test_python_format_equals_the_jinja_template(conversation, add_generation_pr
 @given(conversation=st.lists(MESSAGES, min_size=1, max_size=5))
 def test_python_format_equals_transformers(pair, conversation):
     _, theirs = pair("demo")
-    assert format_conversation(conversation, True) == theirs.apply_chat_template(conversation, add_generation_prompt=True)
+    want = theirs.apply_chat_template(conversation, add_generation_prompt=True)
+    assert format_conversation(conversation, True) == want

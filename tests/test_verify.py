@@ -84,7 +84,8 @@ def test_config_from_another_model_names_the_tensor(tmp_path, capsys):
     shutil.copyfile(other / "config.json", folder / "config.json")  # GQA: 2 key/value heads instead of 4
     status, out, err = run_cli(capsys, folder, "--device", "cpu")
     assert status == 2 and err.count("\n") == 1, err
-    assert "'language_model.model.layers.0.self_attn.k_proj.weight' has shape [64, 64], config.json implies [32, 64]" in err
+    key = "'language_model.model.layers.0.self_attn.k_proj.weight'"
+    assert f"{key} has shape [64, 64], config.json implies [32, 64]" in err
     shutil.copyfile(minillava.DEMO / "config.json", folder / "config.json")  # another model altogether
     status, out, err = run_cli(capsys, folder, "--device", "cpu")
     assert status == 2 and "num_hidden_layers = 4, but the files hold 2 layer(s)" in err

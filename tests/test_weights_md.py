@@ -82,7 +82,8 @@ def test_kv_cache_per_token():
 
 def test_tensor_counts():
     counts = {name: len(model(name)[1].state_dict()) for name in NAMES}
-    assert f"That is {counts['llava-1.5-7b-hf']} tensors for 7b and bakLlava, {counts['llava-1.5-13b-hf']} for 13b" in DOC
+    seven, thirteen = counts["llava-1.5-7b-hf"], counts["llava-1.5-13b-hf"]
+    assert f"That is {seven} tensors for 7b and bakLlava, {thirteen} for 13b" in DOC
     assert counts["llava-1.5-7b-hf"] == counts["bakLlava-v1-hf"]
 
 

@@ -59,7 +59,8 @@ def answer_all(model, processor, convs, batch_size=64, max_new_tokens=48):
         for k in range(0, len(active), batch_size):
             chunk = active[k:k + batch_size]
             prompts = [format_conversation(messages(convs[i], t + 1, own[i])) for i in chunk]
-            images = [convs[i]["image"] for i in chunk if convs[i]["image_turn"] is not None and convs[i]["image_turn"] <= t]
+            images = [convs[i]["image"] for i in chunk
+                      if convs[i]["image_turn"] is not None and convs[i]["image_turn"] <= t]
             inputs = processor(text=prompts, images=images or None)
             out = generate(model, inputs["input_ids"], inputs.get("pixel_values"), inputs["attention_mask"],
                            max_new_tokens=max_new_tokens)
@@ -129,7 +130,8 @@ def plot_curve(folder):
     for kind in shapes.KINDS:
         ax.plot(steps, [c["trained"][kind][0] for c in log["curve"]], label=kind, lw=1)
     ax.plot(steps, [c["trained"]["overall"][0] for c in log["curve"]], label="overall", lw=2.5, color="k")
-    ax.plot(steps, [c["withheld"]["overall"][0] for c in log["curve"]], label="withheld wordings", lw=2, color="k", ls="--")
+    ax.plot(steps, [c["withheld"]["overall"][0] for c in log["curve"]], label="withheld wordings", lw=2, color="k",
+            ls="--")
     for boundary in log["stage_starts"][1:]:
         ax.axvline(boundary, color="grey", lw=0.5)
     ax.set_xlabel("training step (batch 32): stage 0 = tower, 1 = captions, 2 = conversations")

@@ -9,7 +9,8 @@ No two shapes share both shape and colour. Eight kinds of question, each with on
     count        "How many shapes are there?"           -> "three"
     count_of     "How many red shapes are there?"       -> "two"       (or "How many circles ...?"; "zero" too)
     position     "Where is the green triangle?"         -> "bottom left"
-    description  "Describe the image."                  -> "A red circle at the top left and a blue square in the center."
+    description  "Describe the image."                  -> "A red circle at the top left and a blue square in the
+                                                            center."
     exists       "Is there a red square?"               -> "Yes." / "No."
     absent       "What color is the square?"            -> "There is no square."  (a colour, shape or position
                                                            question about something the image does not hold)
@@ -39,15 +40,16 @@ KINDS = ["colour", "shape", "count", "count_of", "position", "description", "exi
 # square", "a circle" or "a red shape". The README's and the CLI's example questions are among the trained ones.
 TRAINED = {
     "colour": ["What color is the {shape}?", "What colour is the {shape}?", "Which color is the {shape}?",
-               "What is the color of the {shape}?", "What color does the {shape} have?", "Tell me the color of the {shape}.",
-               "What color is the {shape} in the image?", "The {shape} is what color?", "What colour is the {shape} here?",
-               "What's the color of the {shape}?", "In which color is the {shape} drawn?", "What color has the {shape}?",
+               "What is the color of the {shape}?", "What color does the {shape} have?",
+               "Tell me the color of the {shape}.", "What color is the {shape} in the image?",
+               "The {shape} is what color?", "What colour is the {shape} here?", "What's the color of the {shape}?",
+               "In which color is the {shape} drawn?", "What color has the {shape}?",
                "Please tell me what color the {shape} is.", "Do you know the color of the {shape}?"],
     "shape": ["What shape is the {color} object?", "Which shape is {color}?", "What is the {color} shape?",
-              "What shape is {color}?", "What kind of shape is the {color} one?", "Tell me the shape of the {color} object.",
-              "What is the shape of the {color} object?", "Which shape is the {color} one?", "What's the {color} shape?",
-              "Which shape is drawn in {color}?", "What is the {color} thing?", "Please tell me which shape is {color}.",
-              "Which object is {color}?"],
+              "What shape is {color}?", "What kind of shape is the {color} one?",
+              "Tell me the shape of the {color} object.", "What is the shape of the {color} object?",
+              "Which shape is the {color} one?", "What's the {color} shape?", "Which shape is drawn in {color}?",
+              "What is the {color} thing?", "Please tell me which shape is {color}.", "Which object is {color}?"],
     "count": ["How many shapes are there?", "How many shapes are in the image?", "How many objects can you see?",
               "How many objects are there?", "Count the shapes.", "How many shapes do you see?",
               "What is the number of shapes?", "How many things are in the picture?", "How many shapes are shown?",
@@ -63,16 +65,17 @@ TRAINED = {
                  "What is the position of the {color} {shape}?", "In which part of the image is the {color} {shape}?",
                  "Where's the {color} {shape}?", "Tell me where the {color} {shape} is.",
                  "Where is the {color} {shape} drawn?", "In what part of the picture is the {color} {shape}?",
-                 "Find the {color} {shape}.", "Where does the {color} {shape} appear?", "Where is the {color} {shape} placed?"],
+                 "Find the {color} {shape}.", "Where does the {color} {shape} appear?",
+                 "Where is the {color} {shape} placed?"],
     "description": ["Describe the image.", "Describe the image in one sentence.", "What is in the image?",
                     "What is shown here?", "What is in this picture?", "What do you see?", "Describe this picture.",
                     "What does the image show?", "Tell me what is in the image.", "Describe what you see.",
                     "What does this picture show?", "Please describe the image.", "What's in the picture?",
                     "Tell me about the image."],
     "exists": ["Is there {obj}?", "Is there {obj} in the image?", "Do you see {obj}?", "Can you see {obj}?",
-               "Is {obj} shown?", "Does the image contain {obj}?", "Is there {obj} in the picture?", "Is there {obj} here?",
-               "Is {obj} in the image?", "Do you see {obj} in the picture?", "Can {obj} be seen?", "Does the image show {obj}?",
-               "Is {obj} visible?"],
+               "Is {obj} shown?", "Does the image contain {obj}?", "Is there {obj} in the picture?",
+               "Is there {obj} here?", "Is {obj} in the image?", "Do you see {obj} in the picture?",
+               "Can {obj} be seen?", "Does the image show {obj}?", "Is {obj} visible?"],
 }
 WITHHELD = {  # never used in training: other ways of asking, to measure generalisation
     "colour": ["Can you tell me the color of the {shape}?", "Which colour does the {shape} have?",
@@ -81,12 +84,12 @@ WITHHELD = {  # never used in training: other ways of asking, to measure general
               "Name the {color} shape.", "The {color} object is which shape?"],
     "count": ["Can you count the shapes in the image?", "How many objects are in the picture?",
               "Tell me how many shapes there are.", "How many shapes can you count?"],
-    "count_of": ["Can you count the {what}?", "Tell me how many {what} there are.", "How many {what} does the image have?",
-                 "How many {what} can you count?"],
+    "count_of": ["Can you count the {what}?", "Tell me how many {what} there are.",
+                 "How many {what} does the image have?", "How many {what} can you count?"],
     "position": ["Can you tell me where the {color} {shape} is?", "Where in the picture is the {color} {shape}?",
                  "Which position does the {color} {shape} have?", "Where do you see the {color} {shape}?"],
-    "description": ["Can you describe the picture?", "What can you see in the image?", "Give me a description of the image.",
-                    "What is in the photo?"],
+    "description": ["Can you describe the picture?", "What can you see in the image?",
+                    "Give me a description of the image.", "What is in the photo?"],
     "exists": ["Is {obj} present?", "Does the picture have {obj}?", "Do you notice {obj}?", "Is there {obj} anywhere?"],
 }
 LEAD_INS = ["Now,", "Next question:", "Look at the image:", "One more:", "Okay,"]  # before a trained wording
@@ -190,7 +193,8 @@ def ask(rng, objects, kind, withheld=False):
                  "color": [f"{c} shape" for c, _ in pairs]}[form]
         if rng.random() < 0.5:
             return wording("exists").format(obj=article(rng.choice(names))), "Yes."
-        others = {"pair": [f"{c} {s}" for c, s in _missing_pairs(rng, pairs)], "shape": [s for s in SHAPES if not n_shape[s]],
+        others = {"pair": [f"{c} {s}" for c, s in _missing_pairs(rng, pairs)],
+                  "shape": [s for s in SHAPES if not n_shape[s]],
                   "color": [f"{c} shape" for c in COLORS if not n_color[c]]}[form]
         return others and (wording("exists").format(obj=article(rng.choice(others))), "No.")
     if kind == "absent":  # a colour, shape or position question about something that is not there

@@ -137,7 +137,8 @@ def train(out, steps=STEPS, batch_size=32, lr=1e-3, seed=0):
     init_weights(model)
     start, cpu_start = time.time(), time.process_time()
     tower_loss = pretrain_tower(model, processor, rng, steps["tower"])
-    print(json.dumps({"minutes": round((time.time() - start) / 60, 2), "stage": 0, "loss": round(tower_loss, 4)}), flush=True)
+    print(json.dumps({"minutes": round((time.time() - start) / 60, 2), "stage": 0, "loss": round(tower_loss, 4)}),
+          flush=True)
     trainable = [p for p in model.parameters() if p.requires_grad]  # the projector and the decoder
     opt = torch.optim.AdamW(trainable, lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     # the curve is measured on validation conversations; the test ones are only used once, at the end
@@ -162,15 +163,14 @@ def train(out, steps=STEPS, batch_size=32, lr=1e-3, seed=0):
             summary, _ = evaluate(model, processor, validation)
             curve.append({"step": step, "minutes": round((time.time() - start) / 60, 2), "stage": stage,
                           "loss": round(loss.item(), 4), **summary})
-            print(json.dumps({k: curve[-1][k] for k in ("step", "minutes", "stage", "loss")} |
-                             {"trained": summary["trained"]["overall"][0], "withheld": summary["withheld"]["overall"][0]}),
-                  flush=True)
+            overall = {k: summary[k]["overall"][0] for k in ("trained", "withheld")}
+            print(json.dumps({k: curve[-1][k] for k in ("step", "minutes", "stage", "loss")} | overall), flush=True)
     save_weights(model.state_dict(), out)  # the module names are already the hub's keys
     train_minutes, cpu_minutes = (time.time() - start) / 60, (time.process_time() - cpu_start) / 60
     summary, records = evaluate(load_model(out), processor)
     log = {"train_minutes": round(train_minutes, 1), "cpu_minutes": round(cpu_minutes, 1), "steps": steps,
-           "stage_starts": [0, steps["tower"], steps["tower"] + n1], "batch_size": batch_size, "torch": torch.__version__,
-           "threads": torch.get_num_threads(), "test": summary, "curve": curve,
+           "stage_starts": [0, steps["tower"], steps["tower"] + n1], "batch_size": batch_size,
+           "torch": torch.__version__, "threads": torch.get_num_threads(), "test": summary, "curve": curve,
            "test_errors": [r for r in records if r["answer"] != r["reference"]][:200]}
     write_json(out / "training_log.json", log)
     example = shapes.sample(7, "colour")  # the README's example image

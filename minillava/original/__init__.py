@@ -34,7 +34,15 @@ then `minillava.load` of the llava-hf folder keeps the float16 weights as stored
 Pickles: `.bin` files are read only here, only with `torch.load(weights_only=True)`, which refuses
 anything but tensors and plain containers; whatever is not a dict of name -> tensor is refused too.
 """
-from .convert import clip_key, convert_original, llava_hf_config, load_original, original_key, read_bin, write_processor_files
+from .convert import (
+    clip_key,
+    convert_original,
+    llava_hf_config,
+    load_original,
+    original_key,
+    read_bin,
+    write_processor_files,
+)
 from .prompts import prepare, tokenize_original
 
 __all__ = ["load_original", "convert_original", "write_processor_files", "llava_hf_config", "read_bin",

@@ -272,7 +272,8 @@ def write_processor_files(folder, clip_folder, out_folder, tokenizer=None):
     _, config = llava_hf_config(folder, clip_folder)
     pad = _read_json(folder / "config.json").get("image_aspect_ratio") == "pad"
     clip_pre = _read_json(clip_folder / "preprocessor_config.json", {})
-    write_processor_configs(out, config, clip_pre.get("image_mean", CLIP_MEAN), clip_pre.get("image_std", CLIP_STD), pad)
+    mean, std = clip_pre.get("image_mean", CLIP_MEAN), clip_pre.get("image_std", CLIP_STD)
+    write_processor_configs(out, config, mean, std, pad)
 
     n = config.image_token_index
     added = {IMAGE_TOKEN: n, "<pad>": n + 1}
