@@ -28,5 +28,5 @@ from .verification import verify
 
 __all__ = ["load", "load_model", "generate", "stream", "ChatSession", "Llava", "Processor", "LlavaConfig",
            "TextConfig", "VisionConfig", "compare", "verify", "MinillavaError", "ConfigError", "CheckpointError",
-           "TokenizerError", "ImageError", "PromptError", "GenerationError", "DeviceError", "CompareError", "TrainingError",
-           "DEMO"]
+           "TokenizerError", "ImageError", "PromptError", "GenerationError", "DeviceError", "CompareError",
+           "TrainingError", "DEMO"]

@@ -103,7 +103,8 @@ def check_record(record, i, format):
     image = record.get("image")
     for j, turn in enumerate(turns):
         if not isinstance(turn, dict) or turn.get("from") not in ROLES:
-            raise TrainingError(f"{name}, turn {j}: expected {{'from': 'human' | 'gpt', 'value': ...}}, got {turn!r:.80}")
+            raise TrainingError(f"{name}, turn {j}: expected {{'from': 'human' | 'gpt', 'value': ...}}, "
+                                f"got {turn!r:.80}")
         role, value = turn["from"], turn.get("value")
         if not isinstance(value, str) or not value.strip():
             raise TrainingError(f"{name}, turn {j} ({role}): the value is empty ({value!r}); every turn needs text")
@@ -235,14 +236,16 @@ def chat_inputs(processor, template, conversation, add_generation_prompt=False, 
         bos = processor.special_tokens.get("bos_token")
         if bos and text.startswith(bos):  # transformers then adds no BOS of its own
             raise PromptError(f"the chat template writes the BOS token {bos!r} itself; minillava's "
-                              f"tokenize=True would add a second one: render with tokenize=False and tokenize without it")
+                              f"tokenize=True would add a second one: render with tokenize=False and tokenize "
+                              f"without it")
         texts.append(text)
         spans.append(found)
         for item in [i for m in c if isinstance(m, dict) and isinstance(m.get("content"), list) for i in m["content"]]:
             if isinstance(item, dict) and item.get("type") == "image":  # where transformers looks (processing_utils.py)
                 images += [item[key] for key in ("image", "url", "path", "base64") if key in item]
             elif isinstance(item, dict) and item.get("type") == "image_url" and "image_url" in item:  # OpenAI style
-                images.append(item["image_url"].get("url", "") if isinstance(item["image_url"], dict) else item["image_url"])
+                url = item["image_url"]
+                images.append(url.get("url", "") if isinstance(url, dict) else url)
     out = processor(text=texts if is_batch(conversation) else texts[0], images=images or None)
     if not return_dict:
         return out["input_ids"]

@@ -139,7 +139,8 @@ def test_where_the_original_goes_wrong(kind, llama_folder):
 
 def chat(rng, with_images=True):
     """A generated chat-format conversation: system messages, several images, unicode and role-like words."""
-    pick = ["the", "cat", "What", "is", "?", "2", "café", "日本", "🙂", "\n", "USER:", "ASSISTANT:", "</s>", "  ", "green"]
+    pick = ["the", "cat", "What", "is", "?", "2", "café", "日本", "🙂", "\n", "USER:", "ASSISTANT:", "</s>", "  ",
+            "green"]
     say = lambda n: "".join(rng.choice(pick) + rng.choice([" ", ""]) for _ in range(rng.randint(1, n))).strip() or "ok"
     conv = [{"role": "system", "content": [{"type": "text", "text": say(6)}]}] if rng.random() < 0.3 else []
     n_images = 0
@@ -306,6 +307,7 @@ def test_demo_batches_are_bit_identical_to_the_old_ones():
     convs = [conversations.draw(rng, 1 if i % 8 == 0 else 2) for i in range(1000)]
     assert sum(c["image_turn"] is None for c in convs) >= 10 and sum(len(c["turns"]) >= 4 for c in convs) >= 100
     for start in range(0, len(convs), 8):
-        new, old = conversations.batch(processor, convs[start:start + 8]), old_demo_batch(processor, convs[start:start + 8])
+        chunk = convs[start:start + 8]
+        new, old = conversations.batch(processor, chunk), old_demo_batch(processor, chunk)
         for a, b in zip(new, old):
             assert (a is None and b is None) or (a.dtype == b.dtype and torch.equal(a, b))

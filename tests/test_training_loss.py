@@ -16,7 +16,8 @@ RECORDS = [  # different lengths, two images of other shapes, one record without
     {"id": "text-only", "conversations": [
         {"from": "human", "value": "Is there a red square?"}, {"from": "gpt", "value": "No."}]},
     {"id": "caption", "image": "tall.png", "conversations": [
-        {"from": "human", "value": "Describe the image.\n<image>"}, {"from": "gpt", "value": "A red circle at the top left."}]},
+        {"from": "human", "value": "Describe the image.\n<image>"},
+        {"from": "gpt", "value": "A red circle at the top left."}]},
 ]
 
 
@@ -29,7 +30,8 @@ def pairs(tmp_path_factory):
         if variant not in cache:
             folder = testing.write_checkpoint(tmp_path_factory.mktemp(variant) / "ckpt", variant, seed=3)
             model, processor = minillava.load(folder)
-            cache[variant] = model, processor, LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
+            reference = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
+            cache[variant] = model, processor, reference
         return cache[variant]
     return get
 
@@ -37,7 +39,8 @@ def pairs(tmp_path_factory):
 # stage 2 on vicuna_v1 (the projector and the whole decoder) on every variant; stage 1, the plain format and the
 # template format on the GQA and Mistral ones
 CASES = ([(variant, 2, "vicuna_v1") for variant in testing.VARIANTS] +
-         [(variant, stage, format) for variant in ("gqa", "mistral") for stage, format in [(1, "plain"), (2, "template")]]
+         [(variant, stage, format) for variant in ("gqa", "mistral")
+          for stage, format in [(1, "plain"), (2, "template")]]
          + [("mha", 1, "vicuna_v1")])
 
 
@@ -93,7 +96,8 @@ def test_each_stage_trains_what_llava_trains(tmp_path):
     assert names() == {"multi_modal_projector"}
     params = training.trainable(model, 2)
     assert names() == {"multi_modal_projector", "language_model"}
-    assert len(params) == len(list(model.multi_modal_projector.parameters())) + len(list(model.language_model.parameters()))
+    trained = list(model.multi_modal_projector.parameters()) + list(model.language_model.parameters())
+    assert len(params) == len(trained)
     assert not any(p.requires_grad for p in model.vision_tower.parameters())
     with pytest.raises(TrainingError, match="stage 3"):
         training.trainable(model, 3)
@@ -111,6 +115,7 @@ def test_half_precision_weights_kept_as_stored_are_refused(tmp_path, record_imag
     inputs = training.batch(processor, RECORDS, image_folder=record_images)
     before = [p.detach().clone() for p in params]
     optimizer = torch.optim.AdamW(params, lr=1e-3)
-    training.loss(model(inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"]), inputs["labels"]).backward()
+    logits = model(inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"])
+    training.loss(logits, inputs["labels"]).backward()
     optimizer.step()
     assert all(not torch.equal(a, p) for a, p in zip(before, params))

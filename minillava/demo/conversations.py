@@ -120,7 +120,8 @@ def batch(processor, conversations):
     rows = []
     for c in conversations:
         prompts, text = render(c)
-        spans = [(len(p), len(p) + len(" " + a)) for p, (_, a) in zip(prompts, c["turns"])]  # each prompt ends "ASSISTANT:"
+        # each prompt ends "ASSISTANT:"
+        spans = [(len(p), len(p) + len(" " + a)) for p, (_, a) in zip(prompts, c["turns"])]
         spans[-1] = (spans[-1][0], len(text))  # the last answer and the "</s>" after it
         rows.append(training.encode(processor, text, spans, n))
     out = training.collate(processor, rows, pv)
