@@ -167,7 +167,7 @@ def instances():
 
 def test_every_cited_name_exists(instances):
     """`minillava.x.y`, `module.name` (a minillava module, or an object named as the documents name them) and
-    `Class.attribute` cited anywhere in words must exist; so must `name.py` files and `file.py` `Name` pairs."""
+    `Class.attribute`, cited anywhere in words, must exist."""
     mods = modules()
     by_stem = {}
     for dotted, module in mods.items():
@@ -176,10 +176,7 @@ def test_every_cited_name_exists(instances):
                if isinstance(v, type) and v.__module__.startswith("minillava")}
     top_level = {k: dotted for dotted, m in mods.items() for k, v in vars(m).items()
                  if not k.startswith("_") and not inspect.ismodule(v)}
-    here = {p.name for p in ROOT.rglob("*.py")} | {p.name for p in ROOT.rglob("*.md")}
-    upstream = Path(importlib.util.find_spec("transformers").origin).parent
-    theirs = {p.relative_to(upstream).as_posix() for p in upstream.rglob("*.py")}
-    their_names = {path.rsplit("/", 1)[-1] for path in theirs}
+    their_names = {path.rsplit("/", 1)[-1] for path in transformers_files()}
     missing = []
     for name, text in prose():
         text = re.sub(r"transformers' `?[\w.]+", "", text)  # transformers' LlavaConfig.__post_init__: theirs
@@ -204,10 +201,22 @@ def test_every_cited_name_exists(instances):
                 known = True  # another library's name
             if not known:
                 missing.append(f"{name} cites {dotted}")
+    assert not missing, "\n".join(sorted(missing))
+
+
+def test_every_cited_file_exists():
+    """A `name.py` named in words is in this repository, in transformers, or listed in FILES_ELSEWHERE; a
+    `file.py` `Name` pair names something that file has. (Paths in this repository:
+    test_no_reference_outside_the_repository.)"""
+    mods = modules()
+    here = {p.name for p in ROOT.rglob("*.py")} | {p.name for p in ROOT.rglob("*.md")}
+    theirs = transformers_files()
+    their_names = {path.rsplit("/", 1)[-1] for path in theirs}
+    missing = []
+    for name, text in prose():
         for path in set(re.findall(r"(?<![\w./-])((?:[\w.-]+/)*\w+\.py)\b", text)):
-            root = path.split("/")[0]
-            if root in ("minillava", "tests", "notebooks", "benchmarks", ".ci"):
-                continue  # test_no_reference_outside_the_repository checks these
+            if path.split("/")[0] in ("minillava", "tests", "notebooks", "benchmarks", ".ci"):
+                continue
             if "/" in path:
                 ok = (PACKAGE / path).exists() or path.removeprefix("transformers/") in theirs or any(
                     path.startswith(p) for p in FILES_ELSEWHERE)
@@ -220,6 +229,12 @@ def test_every_cited_name_exists(instances):
             if module in mods and not resolve(mods[module], [attribute]):
                 missing.append(f"{name} cites {path}.py `{attribute}`")
     assert not missing, "\n".join(sorted(missing))
+
+
+def transformers_files():
+    """The paths of transformers' .py files, relative to its package folder (models/llava/modeling_llava.py)."""
+    upstream = Path(importlib.util.find_spec("transformers").origin).parent
+    return {p.relative_to(upstream).as_posix() for p in upstream.rglob("*.py")}
 
 
 def minillava_name_exists(dotted, mods):
