@@ -18,7 +18,8 @@ def check(answer, expected, tol=0.0):
         print("not answered yet: set the answer in the cell above, run it, then run this cell again")
         return
     if torch.is_tensor(answer) or isinstance(answer, np.ndarray):
-        answer, expected = (x.detach() if torch.is_tensor(x) else torch.as_tensor(np.asarray(x)) for x in (answer, expected))
+        answer, expected = (x.detach() if torch.is_tensor(x) else torch.as_tensor(np.asarray(x))
+                            for x in (answer, expected))
         if answer.shape != expected.shape:
             print(f"not right yet: your answer has shape {tuple(answer.shape)}, which is not the expected shape")
             return
