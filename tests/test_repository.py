@@ -112,6 +112,7 @@ ELSEWHERE = {"F", "nn", "np", "Image", "self", "args", "hf", "model"}
 # files the documents name that live in other projects or that a reader writes
 FILES_ELSEWHERE = {"test_my_engine.py": "README's pytest example", "check_download.py": "weights.md's script",
                    "llava/": "haotian-liu/LLaVA, the original repository",
+                   "fastchat/": "lm-sys/FastChat, Vicuna's conversation formats",
                    "models/llava/convert_": "transformers' repository (conversion scripts are not in its wheel)"}
 FILE_SUFFIXES = ("json", "py", "md", "safetensors", "bin", "png", "jpg", "jinja", "txt", "model", "ipynb", "pt",
                  "pth", "toml", "cpp", "index", "sh", "gz", "cfg", "ckpt")
