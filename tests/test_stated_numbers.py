@@ -49,8 +49,8 @@ QUESTION_SEED = shapes.SEED_BASE["test"] + 2  # the notebooks' picture and quest
 # 01_pixels), not a version or a path.
 NUMBER = re.compile(r"(?<![\w.\-/^@:])(\d+(?:,\d{3})*(?:\.\d+)?(?:e-?\d+)?)(%|x(?![\w/]))?(?![\w/]|\.\d)")
 # citations (a year, a section, figure or table), references to a step or a version: not claims about outputs
-CITATION = re.compile(r"(?:§|\bsections?\s|\bFigure\s|\bTable\s|\b[Ss]teps?\s|\btransformers\s|\btorch\s|\bLlama\s)[\d.\-–]*\d"
-                      r"|\b(?:19|20)\d\d\b|arXiv:\S+")
+CITATION = re.compile(r"(?:§|\bsections?\s|\bFigure\s|\bTable\s|\b[Ss]teps?\s|\btransformers\s|\btorch\s"
+                      r"|\bLlama\s)[\d.\-–]*\d|\b(?:19|20)\d\d\b|arXiv:\S+")
 
 
 def prose(markdown):
@@ -140,7 +140,10 @@ def unaccounted(nb):
     printed = []
     for cell in nb.cells:
         for out in cell.get("outputs", []):
-            text = out.get("text", "") if out.get("output_type") == "stream" else out.get("data", {}).get("text/plain", "")
+            if out.get("output_type") == "stream":
+                text = out.get("text", "")
+            else:
+                text = out.get("data", {}).get("text/plain", "")
             printed += numbers(text)
     known = printed + real_facts() + dataset_facts()
     exercises = next((i for i, c in enumerate(nb.cells) if c.source.startswith("## Exercises")), len(nb.cells))
@@ -185,11 +188,13 @@ def example_inputs():
     example = shapes.sample(QUESTION_SEED, kind="description")
     conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": example["question"]}]}]
     model, processor = minillava.load()
-    demo = processor(text=processor.apply_chat_template(conversation, add_generation_prompt=True), images=example["image"])
+    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    demo = processor(text=prompt, images=example["image"])
     with tempfile.TemporaryDirectory() as folder:
         write_processor_files(folder, "llama2", config=True)
         real = minillava.Processor.from_pretrained(folder)
-        real_inputs = real(text=real.apply_chat_template(conversation, add_generation_prompt=True), images=example["image"])
+        real_prompt = real.apply_chat_template(conversation, add_generation_prompt=True)
+        real_inputs = real(text=real_prompt, images=example["image"])
     return example, model, demo, real_inputs
 
 
@@ -247,7 +252,8 @@ def test_every_number_of_the_front_door_is_computed():
     text_tokens = (real["input_ids"].shape[1] - config_7b()[0].vision_config.num_patches,
                    demo["input_ids"].shape[1] - model.config.vision_config.num_patches)
     computed = [n for shape in stage_shapes().values() for s in shape for n in s] + list(text_tokens)
-    computed += [float(n.replace(",", "")) for row in sizes_table() for cell in row for n in re.findall(r"[\d.]+", cell)]
+    computed += [float(n.replace(",", "")) for row in sizes_table() for cell in row
+                 for n in re.findall(r"[\d.]+", cell)]
     known = real_facts() + [(str(n), float(n), 0, False) for n in computed]
     front = section("How LLaVA-1.5 works")
     assert example["question"] in front
@@ -286,7 +292,8 @@ def test_readme_compare_output_is_what_compare_prints(tmp_path):
     from minillava import cli
     ref, mine = tmp_path / "ref.safetensors", tmp_path / "mine.safetensors"
     with contextlib.redirect_stdout(io.StringIO()):
-        assert cli.main(["logits", "--image", str(minillava.DEMO / "example.png"), "What is this?", "--out", str(ref)]) == 0
+        image = str(minillava.DEMO / "example.png")
+        assert cli.main(["logits", "--image", image, "What is this?", "--out", str(ref)]) == 0
     stages = load_file(ref)
     model, _ = minillava.load()
     wrong = stages["image_features"].clone()
@@ -297,8 +304,8 @@ def test_readme_compare_output_is_what_compare_prints(tmp_path):
     other = {k: v for k, v in stages.items() if k != "logits"}
     save_file({**other, "image_features": wrong, "inputs_embeds": embeds, "their.logits": logits}, mine)
     out = io.StringIO()
-    code = cli.main(["compare", str(ref), str(mine), "--atol", "1e-4", "--rtol", "1e-4", "--map", "their.logits=logits"],
-                    stdout=out)
+    code = cli.main(["compare", str(ref), str(mine), "--atol", "1e-4", "--rtol", "1e-4",
+                     "--map", "their.logits=logits"], stdout=out)
     assert code == 1
     block = re.search(r"```text\n(.*?)```", marked("compare-output"), re.S).group(1)
     assert same_output(block, out.getvalue()), f"README shows:\n{block}\ncompare prints now:\n{out.getvalue()}"
@@ -344,7 +351,8 @@ LISTED = {
         "97.0%": "the previous demo on them", 200: "the previous demo's position errors: 29 in 200 questions"},
     "Speed": {
         "80%": "transformers' decode, 18.3 tok/s, against the 23.0 tok/s ceiling",
-        "104%": "1.3 x transformers' decode against the ceiling", 66: "a torch.compile'd decode step: 66-76 ms, measured once",
+        "104%": "1.3 x transformers' decode against the ceiling",
+        66: "a torch.compile'd decode step: 66-76 ms, measured once",
         744: "CUDA kernels of the image prompt in minillava (torch.profiler, once)", 781: "the same in transformers",
         52: "the first time to first token on the GPU, before warm-up, in ms", "1.44x": "an earlier benchmark's figure",
         593: "the 7b-slice benchmark's prompt: 576 image tokens and a short question",
@@ -420,8 +428,9 @@ def readme_sources():
     llava_tolerance = float(re.search(r"^ATOL = ([\d.e-]+)", tests_llava, re.M).group(1))
     bf16_tolerance = float(re.search(r"\(torch\.bfloat16, ([\d.]+)\)", tests_llava).group(1))
     transformers_minimum = float(re.search(r'"transformers>=([\d.]+)', (ROOT / "pyproject.toml").read_text()).group(1))
-    tolerances = [t for pair in importlib.import_module("minillava.verify").TOLERANCES.values() for t in pair]
-    training_tests = "".join((ROOT / "tests" / f).read_text() for f in ("test_training_loss.py", "test_training_labels.py"))
+    tolerances = [t for pair in importlib.import_module("minillava.verification").TOLERANCES.values() for t in pair]
+    training_tests = "".join((ROOT / "tests" / f).read_text()
+                             for f in ("test_training_loss.py", "test_training_labels.py"))
     training = [float(x) for x in re.findall(r"<= (\d+e-\d+)", training_tests)]  # tolerances
     training += [int(x) for x in re.findall(r"in range\((\d+)\)", training_tests)]  # conversations drawn
     template_tests = importlib.import_module("tests.test_template")
