@@ -38,13 +38,17 @@ def check_question(text):
                           "the question itself; leave it out (or write the whole prompt with minillava logits --raw)")
 
 
-def cmd_ask(args, out, inp):
-    check_question(args.question)
-    answer = start_session(args).ask(args.question, images=args.image or [])
-    for piece in answer:
+def write_answer(pieces, out):
+    """Each piece of an answer as soon as it is decoded, then the end of the line."""
+    for piece in pieces:
         out.write(piece)
         out.flush()
     out.write("\n")
+
+
+def cmd_ask(args, out, inp):
+    check_question(args.question)
+    write_answer(start_session(args).ask(args.question, images=args.image or []), out)
     return 0
 
 
@@ -88,10 +92,7 @@ def cmd_chat(args, out, inp):
                 continue
             pending = []
             out.write("ASSISTANT: ")
-            for piece in answer:
-                out.write(piece)
-                out.flush()
-            out.write("\n")
+            write_answer(answer, out)
 
 
 def cmd_logits(args, out, inp):
