@@ -40,7 +40,8 @@ def weight_files(folder, index=INDEX, single=SINGLE):
             index_map = json.loads((folder / index).read_text(encoding="utf-8"))
             shards = sorted(set(index_map["weight_map"].values()))
         except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError) as e:
-            raise CheckpointError(f"{folder / index}: not a valid {'safetensors' if index == INDEX else 'weights'} index "
+            kind = "safetensors" if index == INDEX else "weights"
+            raise CheckpointError(f"{folder / index}: not a valid {kind} index "
                                   f"(expected {{'weight_map': {{tensor: shard}}}}): {e!r}") from None
         if not shards or not all(isinstance(s, str) for s in shards):
             raise CheckpointError(f"{folder / index}: weight_map names no shard files")
@@ -66,13 +67,15 @@ def weight_files(folder, index=INDEX, single=SINGLE):
 def canonical_key(key):
     """Map any layout transformers writes onto the hub layout our module tree mirrors; None = drop.
 
-    hub (llava-hf):        language_model.model.*, language_model.lm_head.*, vision_tower.vision_model.*, multi_modal_projector.*
+    hub (llava-hf):        language_model.model.*, language_model.lm_head.*, vision_tower.vision_model.*,
+                           multi_modal_projector.*
     transformers 5 fresh:  vision_tower.embeddings.* (no "vision_model.")
     in-memory names:       model.language_model.*, lm_head.*, model.vision_tower.*, model.multi_modal_projector.*
     """
     if key.endswith(("position_ids", "rotary_emb.inv_freq")):  # buffers some exporters saved; we recompute them
         return None
-    for old, new in (("model.language_model.model.", "language_model.model."),  # duplicated .model.model (5.10-5.23 bug)
+    # the first: a duplicated .model.model (a transformers 5.10-5.23 bug)
+    for old, new in (("model.language_model.model.", "language_model.model."),
                      ("language_model.model.model.", "language_model.model."),
                      ("model.language_model.", "language_model.model."),
                      ("lm_head.", "language_model.lm_head."),
@@ -265,5 +268,5 @@ def save_weights(state, out, max_shard_bytes=5 * 10**9):
         save_file({k: state[k] for k in keys}, str(out / name), metadata={"format": "pt"})
     if len(shards) > 1:
         total = sum(v.nbytes for v in state.values())
-        write_json(out / "model.safetensors.index.json", {"metadata": {"total_size": total},
-                                                         "weight_map": {k: n for n, ks in zip(names, shards) for k in ks}})
+        weight_map = {k: n for n, ks in zip(names, shards) for k in ks}
+        write_json(out / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})

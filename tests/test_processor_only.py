@@ -146,8 +146,10 @@ def test_image_tokens_from_processor_config(tmp_path, change):
     image = Image.fromarray(PHOTOS[0])
     want = theirs(text="a <image> b", images=image, return_tensors="pt")
     got = ours("a <image> b", image)
-    assert torch.equal(got["input_ids"], want["input_ids"]) and torch.equal(got["pixel_values"], want["pixel_values"])
-    assert int((got["input_ids"] == ours.image_token_id).sum()) == ours.num_image_tokens(*got["pixel_values"].shape[-2:])
+    assert torch.equal(got["input_ids"], want["input_ids"])
+    assert torch.equal(got["pixel_values"], want["pixel_values"])
+    image_tokens = int((got["input_ids"] == ours.image_token_id).sum())
+    assert image_tokens == ours.num_image_tokens(*got["pixel_values"].shape[-2:])
 
 
 def test_what_is_refused_without_config_json(tmp_path):
