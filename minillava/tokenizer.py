@@ -7,7 +7,7 @@ Which tokenizer `AutoProcessor.from_pretrained(folder)` builds depends on whethe
   the model types whose hub `tokenizer_class` is wrong and builds a plain `TokenizersBackend`
   (tokenization_utils_tokenizers.py) from tokenizer.json as it is: its normalizer, pre-tokenizer, model,
   post-processor and decoder. The `legacy` flag of tokenizer_config.json has no effect.
-- Without one (the processor files alone, as `processor.save_pretrained()` writes them): the class that
+- Without one (the processor files alone, as transformers' `processor.save_pretrained()` writes them): the class that
   tokenizer_config.json names. `TokenizersBackend` (what save_pretrained writes for a tokenizer loaded
   from a complete folder) and `PreTrainedTokenizerFast` use tokenizer.json as it is. `LlamaTokenizer`
   (the hub's llava-1.5 and bakLlava files) keeps only the vocabulary, the merges and the post-processor
