@@ -180,7 +180,7 @@ def test_every_cited_name_exists(instances):
     their_names = {path.rsplit("/", 1)[-1] for path in transformers_files()}
     missing = []
     for name, text in prose():
-        text = re.sub(r"transformers' `?[\w.]+", "", text)  # transformers' LlavaConfig.__post_init__: theirs
+        text = re.sub(r"transformers'\s+`?[\w.]+", "", text)  # transformers' LlavaConfig.__post_init__: theirs
         code = text if name.endswith(".py") else " ".join(re.findall(r"`([^`\n]+)`", text))
         for dotted in set(re.findall(r"(?<![\w./-])([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+)(?![\w/-])", code)):
             first, *rest = dotted.split(".")
