@@ -21,7 +21,7 @@ import sys
 
 from .commands import cmd_ask, cmd_chat, cmd_compare, cmd_convert_original, cmd_logits, cmd_verify
 from .errors import DeviceError, MinillavaError
-from .loading import resolve_device
+from .loading import WEIGHTS, resolve_device
 
 EXAMPLE = "minillava/demo/example.png"  # in a clone of the repository
 EXAMPLES = {
@@ -132,7 +132,7 @@ def device_options(device):
     g.add_argument("--device", type=device_flag, default=device, help=f"where to run: cpu, cuda, cuda:1, mps {where}")
     g.add_argument("--dtype", help="what the model computes in: float32, float16 or bfloat16 (default: float32 "
                                    "on cpu, the checkpoint's own dtype on a GPU)")
-    g.add_argument("--weights", default="stored", choices=["stored", "materialized"],
+    g.add_argument("--weights", default="stored", choices=WEIGHTS,
                    help="how float16/bfloat16 weights are held when computing in float32. stored: as in the file, "
                         "each widened to float32 as it is used: the same logits in the memory of the file. "
                         "materialized: all converted to float32 when loading: twice the memory")
