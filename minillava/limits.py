@@ -54,7 +54,8 @@ class Limits:
             self.inputs = None
         if n > self.chars:
             raise LimitError(f"{what} would make {n:,} characters (a list item counts {ITEM}), more than the "
-                             f"{self.chars:,} this render may still make (MAX_TEXT = {MAX_TEXT:,}, more for a long input)")
+                             f"{self.chars:,} this render may still make (MAX_TEXT = {MAX_TEXT:,}, more for a "
+                             f"long input)")
 
     def most(self):
         """The most this render could still make: where a walk over a value may stop counting."""
@@ -67,9 +68,11 @@ class Limits:
     def step(self):
         self.steps -= 1
         if self.steps < 0:
-            raise LimitError(f"it ran {MAX_STEPS:,} loop steps and calls (MAX_STEPS): a loop or recursion that does not end?")
+            raise LimitError(f"it ran {MAX_STEPS:,} loop steps and calls (MAX_STEPS): a loop or recursion that "
+                             f"does not end?")
         if time.thread_time() > self.stop:
-            raise LimitError(f"it ran {MAX_SECONDS} s of CPU time (MAX_SECONDS): a loop or recursion that does not end?")
+            raise LimitError(f"it ran {MAX_SECONDS} s of CPU time (MAX_SECONDS): a loop or recursion that does "
+                             f"not end?")
 
 
 _ACTIVE = ContextVar("template_limits", default=None)
@@ -195,7 +198,8 @@ def method_size(method, args, kwargs):
     if name in ("center", "ljust", "rjust", "zfill"):
         bound = max(len(s), size(args[0]) if args else 0)
     elif name == "expandtabs":
-        bound = len(s) + s.count("\t" if isinstance(s, str) else b"\t") * size(kwargs.get("tabsize", args[0] if args else 8))
+        tabsize = size(kwargs.get("tabsize", args[0] if args else 8))
+        bound = len(s) + s.count("\t" if isinstance(s, str) else b"\t") * tabsize
     elif name == "replace" and len(args) >= 2:
         bound = replaced_size(s, *args[:2], args[2] if len(args) > 2 else kwargs.get("count"))
     elif name == "join" and args:

@@ -133,7 +133,8 @@ class Sandbox(ImmutableSandboxedEnvironment):
             found.check(formatted_size(left, values(right)), "'%'")
         result = super().call_binop(context, operator, left, right)
         if isinstance(result, int) and result.bit_length() > MAX_BITS:
-            raise LimitError(f"'{operator}' made a number of {result.bit_length():,} bits, more than {MAX_BITS:,} (MAX_BITS)")
+            raise LimitError(f"'{operator}' made a number of {result.bit_length():,} bits, more than "
+                             f"{MAX_BITS:,} (MAX_BITS)")
         found.spend(length(result), f"'{operator}'")
         return result
 

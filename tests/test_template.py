@@ -166,7 +166,8 @@ KITCHEN_SINK = """{%- set ns = namespace(system='', turns=0) -%}
     {{ messages|selectattr('role', 'equalto', 'user')|list|length }} user,
     {{- (messages|map(attribute='role')|unique|sort|list) }}
 {%- endset -%}
-{% filter upper %}{{ summary }}{% endfilter %}|{% call box('x' * 3) %}{{ messages[::-1][0]['role'] ~ 1 ~ 2.5 }}{% endcall %}
+{% filter upper %}{{ summary }}{% endfilter %}
+|{% call box('x' * 3) %}{{ messages[::-1][0]['role'] ~ 1 ~ 2.5 }}{% endcall %}
 {{ (messages|map(attribute='role')|join(','))|replace('user', 'U', 1)|truncate(12) }}|{{ '%5.2f'|format(1.5) }}
 {{- [3, 1, 2]|sort|reverse|join }}{{ [1, 2, 3, 4, 5]|batch(2)|list }}{{ [[1], [2]]|sum(start=[]) }}
 {{- {'b': 1, 'a': 2}|dictsort }}{{ ('a b c ' * 4)|wordwrap(7) }}{{ 'x\ny'|indent(2, true) }}{{ '<&>'|e }}
@@ -201,8 +202,8 @@ HOSTILE = {
     "range(10**12)": ("{% for i in range(10**12) %}x{% endfor %}", "OverflowError: Range too big"),
     "nested loops printing nothing": (
         "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "MAX_SECONDS|MAX_STEPS"),
-    "nested loops in a macro": ("{% macro m() %}{% for i in range(100000) %}{% for j in range(100000) %}{{ 'y' * 1000 }}"
-                                "{% endfor %}{% endfor %}{% endmacro %}{{ m() }}", "MAX_TEXT"),
+    "nested loops in a macro": ("{% macro m() %}{% for i in range(100000) %}{% for j in range(100000) %}"
+                                "{{ 'y' * 1000 }}{% endfor %}{% endfor %}{% endmacro %}{{ m() }}", "MAX_TEXT"),
     "a macro that calls itself": ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "RecursionError"),
     "a macro that calls itself twice": (
         "{% macro f(n) %}{% if n < 60 %}{{ f(n + 1) }}{{ f(n + 1) }}{% endif %}{% endmacro %}{{ f(0) }}",
@@ -300,7 +301,8 @@ def test_the_limits_leave_room_for_long_conversations(pair):
     conversation = [{"role": ("user", "assistant")[i % 2], "content": [IMAGE] * (i % 20 == 0) + [
         text(" ".join(words[(i + k) % len(words)] for k in range(230)))]} for i in range(400)]
     tools = [{"name": f"tool_{i}", "description": "d" * 200,
-              "parameters": {f"p{j}": {"type": "string", "description": "x" * 50} for j in range(10)}} for i in range(50)]
+              "parameters": {f"p{j}": {"type": "string", "description": "x" * 50} for j in range(10)}}
+             for i in range(50)]
     ours, theirs = pair("demo")
     for template in (LLAVA_CHAT_TEMPLATE, KITCHEN_SINK):
         want = theirs.apply_chat_template(conversation, add_generation_prompt=True, chat_template=template, tools=tools)

@@ -35,7 +35,8 @@ def test_pyproject_and_readme_name_the_recorded_floor():
 
 def unvouched(names, attributes):
     """What the floor record does not vouch for, in words: [] when all of it is there."""
-    problems = [f"{name}: not checked against torch {FLOOR['torch']}; {RECORD}" for name in names if name not in FLOOR["names"]]
+    problems = [f"{name}: not checked against torch {FLOOR['torch']}; {RECORD}"
+                for name in names if name not in FLOOR["names"]]
     for name, keywords in names.items():
         floor = FLOOR["names"].get(name)
         if floor and not floor["exists"]:
@@ -44,7 +45,8 @@ def unvouched(names, attributes):
             if floor["keywords"] is None:
                 problems.append(f"{name}{sorted(keywords)}: its keywords are not known; {RECORD}")
             elif keywords - set(floor["keywords"]):
-                problems.append(f"{name} takes no {sorted(keywords - set(floor['keywords']))} in torch {FLOOR['torch']}")
+                extra = sorted(keywords - set(floor["keywords"]))
+                problems.append(f"{name} takes no {extra} in torch {FLOOR['torch']}")
     newer = sorted(attributes - set(FLOOR["attributes"]) - NOT_TORCH)
     return problems + [f"{newer}: torch.Tensor or nn.Module have them only after torch {FLOOR['torch']}"] * bool(newer)
 
@@ -92,5 +94,6 @@ def test_both_attention_paths_give_transformers_logits(grouped, monkeypatch, nam
     ids, pixels = prompt(ours, 1, text_len=40, seed=4)
     n = ids.shape[1]
     cache = ours.new_cache(1, n)
-    steps = [ours(ids[:, :n - 3], pixels, cache=cache)] + [ours(ids[:, t:t + 1], cache=cache) for t in range(n - 3, n)]
+    steps = [ours(ids[:, :n - 3], pixels, cache=cache, start_pos=0)]
+    steps += [ours(ids[:, t:t + 1], cache=cache, start_pos=t) for t in range(n - 3, n)]
     assert (torch.cat(steps, 1) - ours(ids, pixels)).abs().max() <= 1e-5
