@@ -20,9 +20,11 @@ NO_IMAGE_SHARE = 0.06  # stage-2 conversations that start with questions asked b
 # In natural scenes most position questions can be answered from the colour or the shape alone; without
 # these the model never learns to bind the two and answers with the place of another green shape.
 CONFUSABLE = 0.5
-WORD_DROP, LEAD_IN = 0.2, 0.1  # shares of stage-2 questions varied by `vary`
-KEY_WORDS = {*shapes.COLORS, *shapes.SHAPES, *(s + "s" for s in shapes.SHAPES), "shape", "shapes", "color", "colour",
-             "how", "many", "where", "count", "number", "describe", "position"}
+# shares of stage-2 questions varied by `vary`: one word dropped, one word swapped for a filler, a lead-in; and,
+# on top of those, written casually (lower case, no question mark)
+WORD_DROP, WORD_SWAP, LEAD_IN, CASUAL = 0.15, 0.15, 0.1, 0.1
+# what a question is about: never dropped or swapped ("a red square" asks whether there is one, "the red square" where)
+KEY_WORDS = {*shapes.COLORS, *shapes.SHAPES, *(s + "s" for s in shapes.SHAPES), "a", "an", "the", "how", "many"}
 
 
 def draw(rng, stage):
@@ -38,7 +40,7 @@ def draw(rng, stage):
     if rng.random() < NO_IMAGE_SHARE:
         for _ in range(rng.randint(1, 2)):
             kind, (question, _) = _any_question(rng, turns)
-            turns.append((question, shapes.NO_IMAGE))
+            turns.append((vary(rng, question), shapes.NO_IMAGE))
             kinds.append("no_image")
         if rng.random() < 0.5:  # the image never comes: every question is answered honestly
             return dict(image=None, turns=turns, kinds=kinds, image_turn=None)
@@ -54,17 +56,28 @@ def draw(rng, stage):
 
 
 def vary(rng, question):
-    """A trained wording, sometimes varied so that the model keys on the words that carry the question (a
-    colour, a shape, "how many", "where", the first word) rather than on the exact template: one word dropped
-    (never the first word, which keeps its capital, nor one of KEY_WORDS), or a lead-in (shapes.LEAD_INS) before it."""
+    """A trained wording, sometimes varied so that the model keys on the words that carry the question (colours,
+    shapes, articles, "how many") rather than on the exact template and passes over words it does not know: one
+    word dropped (never the first) or swapped for a word of shapes.FILLERS, or a lead-in before it (shapes.LEAD_INS
+    or a filler); then, sometimes, written in lower case without the final question mark or full stop."""
     words = question.split()
+    free = [i for i, w in enumerate(words) if w.strip("?.,:").lower().removesuffix("'s") not in KEY_WORDS]
     r = rng.random()
-    if r < WORD_DROP and len(words) > 3:
-        droppable = [i for i, w in enumerate(words) if i and w.strip("?.,").lower() not in KEY_WORDS]
-        i = rng.choice(droppable)
-        question = " ".join(words[:i] + words[i + 1:])
-    elif r < WORD_DROP + LEAD_IN:
-        question = rng.choice(shapes.LEAD_INS) + " " + question[0].lower() + question[1:]
+    if r < WORD_DROP and len(words) > 3 and [i for i in free if i]:
+        i = rng.choice([i for i in free if i])
+        if i == len(words) - 1:  # the last word: its "?" or "." stays
+            words[i - 1] += words[i][len(words[i].rstrip("?.")):]
+        words = words[:i] + words[i + 1:]
+    elif r < WORD_DROP + WORD_SWAP and free:
+        i = rng.choice(free)
+        filler = rng.choice(shapes.FILLERS)
+        words[i] = (filler.capitalize() if i == 0 else filler) + words[i][len(words[i].rstrip("?.,:")):]
+    elif r < WORD_DROP + WORD_SWAP + LEAD_IN:
+        lead = rng.choice(shapes.LEAD_INS) if rng.random() < 0.7 else rng.choice(shapes.FILLERS).capitalize() + ","
+        words = [lead, shapes.uncapitalize(words[0])] + words[1:]
+    question = " ".join(words)
+    if rng.random() < CASUAL:
+        question = shapes.uncapitalize(question).rstrip("?.")
     return question
 
 
@@ -80,11 +93,11 @@ def batches(rng, stage, batch_size, pool=8):
         yield from chunks
 
 
-def _any_question(rng, turns, withheld=False):
+def _any_question(rng, turns, wordings=shapes.TRAINED):
     """A question of any kind about a random scene (its answer is not used: there is no image to look at)."""
     while True:
         kind = rng.choice(shapes.KINDS)
-        qa = shapes.ask(rng, shapes.draw_scene(rng)[1], kind, withheld)
+        qa = shapes.ask(rng, shapes.draw_scene(rng)[1], kind, wordings)
         if qa and qa[0] not in [q for q, _ in turns]:
             return kind, qa
 

@@ -21,35 +21,47 @@ TURN_POSITIONS = ("first", "second", "third or later")
 VALIDATION_SEED = 2 * 10**9  # the training curve's conversations; the test ones start at shapes.SEED_BASE["test"]
 
 
-def conversation_set(base=shapes.SEED_BASE["test"], n_trained=240, n_withheld=120, n_no_image=48):
-    """Fixed conversations about images drawn from seeds base, base + 1, ...: n_trained in trained wordings,
-    n_withheld in withheld ones (1 to 4 turns each, in turn, of kinds drawn uniformly), then n_no_image
+def conversation_set(base=shapes.SEED_BASE["test"], n_trained=240, n_withheld=240, n_casual=60, n_later=60, n_no_image=48):
+    """Fixed conversations about images drawn from seeds base, base + 1, ..., in parts: n_trained in trained
+    wordings, n_withheld in withheld ones, n_casual in trained wordings written in lower case without the final
+    question mark or full stop, n_later whose image comes with the second or third question (the questions before
+    it are asked with no image); 1 to 4 questions about the image each, of kinds drawn uniformly. Then n_no_image
     single questions asked without an image (half of them in withheld wordings)."""
-    convs = []
-    for i in range(n_trained + n_withheld):
-        rng = random.Random(base + i)
-        withheld = i >= n_trained
-        image, objects = shapes.draw_scene(rng)
-        turns, kinds = [], []
-        while len(turns) < 1 + i % 4:
-            kind = rng.choice(shapes.KINDS)
-            qa = shapes.ask(rng, objects, kind, withheld)
-            if qa and qa[0] not in [q for q, _ in turns] and not (kind == "count" and "count" in kinds):
-                turns.append(qa)
-                kinds.append(kind)
-        convs.append(dict(image=image, turns=turns, kinds=kinds, image_turn=0, withheld=withheld))
+    parts = ["trained"] * n_trained + ["withheld"] * n_withheld + ["casual"] * n_casual + ["later image"] * n_later
+    convs = [_conversation(random.Random(base + i), part, 1 + i % 4) for i, part in enumerate(parts)]
     for j in range(n_no_image):
-        rng = random.Random(base + n_trained + n_withheld + j)
-        _, (question, _) = _any_question(rng, [], withheld=j % 2 == 1)
+        rng = random.Random(base + len(parts) + j)
+        _, (question, _) = _any_question(rng, [], shapes.WITHHELD if j % 2 else shapes.TRAINED)
         convs.append(dict(image=None, turns=[(question, shapes.NO_IMAGE)], kinds=["no_image"], image_turn=None,
-                          withheld=j % 2 == 1))
+                          part="no image"))
     return convs
+
+
+def _conversation(rng, part, n_questions):
+    """One conversation of `part` (see conversation_set) with n_questions about its image."""
+    image, objects = shapes.draw_scene(rng)
+    turns, kinds, image_turn = [], [], 0
+    if part == "later image":
+        image_turn = rng.randint(1, 2)
+        for _ in range(image_turn):
+            _, (question, _) = _any_question(rng, turns)
+            turns.append((question, shapes.NO_IMAGE))
+            kinds.append("no_image")
+    wordings = shapes.WITHHELD if part == "withheld" else shapes.TRAINED
+    while len(turns) < image_turn + n_questions:
+        kind = rng.choice(shapes.KINDS)
+        qa = shapes.ask(rng, objects, kind, wordings)
+        if qa and qa[0] not in [q for q, _ in turns] and not (kind == "count" and "count" in kinds):
+            question = shapes.uncapitalize(qa[0]).rstrip("?.") if part == "casual" else qa[0]
+            turns.append((question, qa[1]))
+            kinds.append(kind)
+    return dict(image=image, turns=turns, kinds=kinds, image_turn=image_turn, part=part)
 
 
 @torch.no_grad()
 def answer_all(model, processor, convs, batch_size=64, max_new_tokens=48):
     """Greedy answers to every turn of every conversation, each asked after the model's own earlier answers.
-    Returns one record per turn: dict(kind, turn, withheld, question, reference, answer)."""
+    Returns one record per turn: dict(kind, turn, part, question, reference, answer)."""
     was_training = model.training
     model.eval()
     own = [[] for _ in convs]
@@ -68,7 +80,7 @@ def answer_all(model, processor, convs, batch_size=64, max_new_tokens=48):
                 answer = processor.decode(ids, skip_special_tokens=True).strip()
                 own[i].append(answer)
                 c = convs[i]
-                records.append(dict(kind=c["kinds"][t], turn=t, withheld=c["withheld"], question=c["turns"][t][0],
+                records.append(dict(kind=c["kinds"][t], turn=t, part=c["part"], question=c["turns"][t][0],
                                     reference=c["turns"][t][1], answer=answer))
     model.train(was_training)
     return records
@@ -76,13 +88,14 @@ def answer_all(model, processor, convs, batch_size=64, max_new_tokens=48):
 
 def summarize(records):
     """Accuracies: with trained wordings overall, per kind and per turn position; with withheld wordings overall
-    and per kind; the questions whose answer is a "no" ("No.", "There is no ..."), the yes/no questions and the
-    questions asked without an image. Each entry is [accuracy, number of questions]."""
+    and per kind; the casual questions and the questions about an image given in a later turn; the questions
+    whose answer is a "no" ("No.", "There is no ...") and the yes/no questions (trained wordings); every question
+    asked without an image. Each entry is [accuracy, number of questions]."""
     def acc(rs):
         return [round(sum(r["answer"] == r["reference"] for r in rs) / len(rs), 4), len(rs)] if rs else [None, 0]
-    with_image = [r for r in records if r["kind"] != "no_image"]
-    trained = [r for r in with_image if not r["withheld"]]
-    withheld = [r for r in with_image if r["withheld"]]
+    def part(name):
+        return [r for r in records if r["part"] == name and r["kind"] != "no_image"]
+    trained, withheld = part("trained"), part("withheld")
     out = {"trained": {"overall": acc(trained)}, "withheld": {"overall": acc(withheld)}}
     for kind in shapes.KINDS:
         out["trained"][kind] = acc([r for r in trained if r["kind"] == kind])
@@ -92,6 +105,8 @@ def summarize(records):
     is_no = lambda r: r["reference"] == "No." or r["reference"].startswith("There is no")
     out["no answers"] = acc([r for r in trained if is_no(r)])
     out["yes/no"] = acc([r for r in trained if r["kind"] == "exists"])
+    out["lower case, no question mark"] = acc(part("casual"))
+    out["image in a later turn"] = acc(part("later image"))
     out["no image"] = acc([r for r in records if r["kind"] == "no_image"])
     return out
 
@@ -110,7 +125,7 @@ def table(summary):
         rows.append(f"| {kind} | {pct(summary['trained'][kind])} | {pct(summary['withheld'][kind])} |")
     for name in TURN_POSITIONS:
         rows.append(f"| {name} turn | {pct(summary['trained'][name])} | |")
-    for name in ("no answers", "yes/no"):
+    for name in ("no answers", "yes/no", "lower case, no question mark", "image in a later turn"):
         rows.append(f"| {name} | {pct(summary[name])} | |")
     rows.append(f"| no image (both wordings) | {pct(summary['no image'])} | |")
     return "\n".join(rows)

@@ -142,7 +142,7 @@ def train(out, steps=STEPS, batch_size=32, lr=1e-3, seed=0):
     trainable = [p for p in model.parameters() if p.requires_grad]  # the projector and the decoder
     opt = torch.optim.AdamW(trainable, lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     # the curve is measured on validation conversations; the test ones are only used once, at the end
-    validation = conversation_set(VALIDATION_SEED, n_trained=48, n_withheld=24, n_no_image=8)
+    validation = conversation_set(VALIDATION_SEED, n_trained=48, n_withheld=24, n_casual=0, n_later=0, n_no_image=8)
     n1, n2, n_decay = steps["captions"], steps["conversations"], steps["decay"]
     curve, source = [], {stage: conversations.batches(rng, stage, batch_size) for stage in (1, 2)}
     for i in range(n1 + n2):
