@@ -9,7 +9,7 @@ import torch
 
 import minillava
 from minillava.chat import format_conversation
-from minillava.demo import conversations, evaluate, shapes
+from minillava.demo import conversations, evaluate, shapes, wordings
 from minillava.demo.tokenizer import PLACES
 
 DEMO = minillava.DEMO
@@ -128,7 +128,7 @@ def trained_wording(texts):
     """A test of a question: is it a trained text, or one varied by conversations.vary (one word dropped, never the
     first, or swapped for a filler; or a lead-in, or a filler and a comma, before it; then perhaps in lower case
     with no final mark)?"""
-    leads = [lead + " " for lead in shapes.LEAD_INS] + [f.capitalize() + ", " for f in shapes.FILLERS]
+    leads = [lead + " " for lead in wordings.LEAD_INS] + [f.capitalize() + ", " for f in wordings.FILLERS]
     split = [[w.rstrip("?.") for w in t.split()] for t in texts]  # a dropped last word leaves its "?" to the one before
     dropped = {tuple(ws[:i] + ws[i + 1:]) for ws in split for i in range(1, len(ws))}
     swapped = {tuple(ws[:i] + ["*"] + ws[i + 1:]) for ws in split for i in range(len(ws))}
@@ -139,21 +139,21 @@ def trained_wording(texts):
                 return True
             ws = [w.rstrip("?.") for w in q.split()]
             if tuple(ws) in dropped or any(tuple(ws[:i] + ["*"] + ws[i + 1:]) in swapped for i, w in enumerate(ws)
-                                           if w.rstrip(",:").lower() in shapes.FILLERS):
+                                           if w.rstrip(",:").lower() in wordings.FILLERS):
                 return True
         return False
     return test
 
 
 def test_withheld_wordings_are_never_trained():
-    for kind in shapes.TRAINED:
-        assert len(shapes.TRAINED[kind]) >= 25 and len(shapes.WITHHELD[kind]) >= 12, kind
-    assert sum(map(len, shapes.WITHHELD.values())) >= 96
-    trained = {t for ts in shapes.TRAINED.values() for t in ts}
-    withheld = {t for ts in shapes.WITHHELD.values() for t in ts}
+    for kind in wordings.TRAINED:
+        assert len(wordings.TRAINED[kind]) >= 25 and len(wordings.WITHHELD[kind]) >= 12, kind
+    assert sum(map(len, wordings.WITHHELD.values())) >= 96
+    trained = {t for ts in wordings.TRAINED.values() for t in ts}
+    withheld = {t for ts in wordings.WITHHELD.values() for t in ts}
     assert not trained & withheld
     texts = set(shapes.trained_texts())  # what the tokenizer learns from
-    known = set().union(*map(words, texts), *map(words, shapes.LEAD_INS), shapes.FILLERS)  # every word training uses
+    known = set().union(*map(words, texts), *map(words, wordings.LEAD_INS), wordings.FILLERS)  # every word training uses
     # each withheld wording has a word training never uses, or (another word order) is no variation of a trained text
     fills = dict(shape="circle", color="red", what="blue shapes", obj="a green square")
     unknown = {t: words(t.format(**fills)) - known for t in withheld}
@@ -180,7 +180,7 @@ def test_vary_keeps_what_a_question_asks():
     varied = [conversations.vary(rng, question) for _ in range(2000)]
     for q in varied:  # (a lead-in may add a "the")
         assert [w for w in re.findall(r"[a-z]+", q) if w in conversations.KEY_WORDS][-4:] == ["the", "red", "circle", "the"], q
-    swapped = [q for q in varied if words(q) & set(shapes.FILLERS)]
+    swapped = [q for q in varied if words(q) & set(wordings.FILLERS)]
     assert 0.15 < len(swapped) / len(varied) < 0.3  # swapped words and filler lead-ins
     assert 0.05 < sum(not q.endswith("?") and q[0].islower() for q in varied) / len(varied) < 0.15  # casual
     assert 0.4 < varied.count(question) / len(varied) < 0.6

@@ -9,7 +9,7 @@ import random
 
 from .. import training
 from ..chat import format_conversation, user_message
-from . import shapes
+from . import shapes, wordings
 
 # how often each kind of question is asked in stage 2, per turn (the ones that bind colour and shape, more)
 STAGE2_KINDS = {"colour": 2, "shape": 2, "count": 1, "count_of": 3, "position": 4, "description": 1.2,
@@ -58,7 +58,7 @@ def draw(rng, stage):
 def vary(rng, question):
     """A trained wording, sometimes varied so that the model keys on the words that carry the question (colours,
     shapes, articles, "how many") rather than on the exact template and passes over words it does not know: one
-    word dropped (never the first) or swapped for a word of shapes.FILLERS, or a lead-in before it (shapes.LEAD_INS
+    word dropped (never the first) or swapped for a word of wordings.FILLERS, or a lead-in before it (wordings.LEAD_INS
     or a filler); then, sometimes, written in lower case without the final question mark or full stop."""
     words = question.split()
     free = [i for i, w in enumerate(words) if w.strip("?.,:").lower().removesuffix("'s") not in KEY_WORDS]
@@ -70,14 +70,14 @@ def vary(rng, question):
         words = words[:i] + words[i + 1:]
     elif r < WORD_DROP + WORD_SWAP and free:
         i = rng.choice(free)
-        filler = rng.choice(shapes.FILLERS)
+        filler = rng.choice(wordings.FILLERS)
         words[i] = (filler.capitalize() if i == 0 else filler) + words[i][len(words[i].rstrip("?.,:")):]
     elif r < WORD_DROP + WORD_SWAP + LEAD_IN:
-        lead = rng.choice(shapes.LEAD_INS) if rng.random() < 0.7 else rng.choice(shapes.FILLERS).capitalize() + ","
-        words = [lead, shapes.uncapitalize(words[0])] + words[1:]
+        lead = rng.choice(wordings.LEAD_INS) if rng.random() < 0.7 else rng.choice(wordings.FILLERS).capitalize() + ","
+        words = [lead, wordings.uncapitalize(words[0])] + words[1:]
     question = " ".join(words)
     if rng.random() < CASUAL:
-        question = shapes.uncapitalize(question).rstrip("?.")
+        question = wordings.casual(question)
     return question
 
 
@@ -93,11 +93,11 @@ def batches(rng, stage, batch_size, pool=8):
         yield from chunks
 
 
-def _any_question(rng, turns, wordings=shapes.TRAINED):
+def _any_question(rng, turns, templates=wordings.TRAINED):
     """A question of any kind about a random scene (its answer is not used: there is no image to look at)."""
     while True:
         kind = rng.choice(shapes.KINDS)
-        qa = shapes.ask(rng, shapes.draw_scene(rng)[1], kind, wordings)
+        qa = shapes.ask(rng, shapes.draw_scene(rng)[1], kind, templates)
         if qa and qa[0] not in [q for q, _ in turns]:
             return kind, qa
 

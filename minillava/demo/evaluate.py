@@ -14,7 +14,7 @@ import torch
 
 from ..chat import format_conversation
 from ..generation import generate
-from . import shapes
+from . import shapes, wordings
 from .conversations import _any_question, messages
 
 TURN_POSITIONS = ("first", "second", "third or later")
@@ -31,7 +31,7 @@ def conversation_set(base=shapes.SEED_BASE["test"], n_trained=240, n_withheld=24
     convs = [_conversation(random.Random(base + i), part, 1 + i % 4) for i, part in enumerate(parts)]
     for j in range(n_no_image):
         rng = random.Random(base + len(parts) + j)
-        _, (question, _) = _any_question(rng, [], shapes.WITHHELD if j % 2 else shapes.TRAINED)
+        _, (question, _) = _any_question(rng, [], wordings.WITHHELD if j % 2 else wordings.TRAINED)
         convs.append(dict(image=None, turns=[(question, shapes.NO_IMAGE)], kinds=["no_image"], image_turn=None,
                           part="no image"))
     return convs
@@ -47,12 +47,12 @@ def _conversation(rng, part, n_questions):
             _, (question, _) = _any_question(rng, turns)
             turns.append((question, shapes.NO_IMAGE))
             kinds.append("no_image")
-    wordings = shapes.WITHHELD if part == "withheld" else shapes.TRAINED
+    templates = wordings.WITHHELD if part == "withheld" else wordings.TRAINED
     while len(turns) < image_turn + n_questions:
         kind = rng.choice(shapes.KINDS)
-        qa = shapes.ask(rng, objects, kind, wordings)
+        qa = shapes.ask(rng, objects, kind, templates)
         if qa and qa[0] not in [q for q, _ in turns] and not (kind == "count" and "count" in kinds):
-            question = shapes.uncapitalize(qa[0]).rstrip("?.") if part == "casual" else qa[0]
+            question = wordings.casual(qa[0]) if part == "casual" else qa[0]
             turns.append((question, qa[1]))
             kinds.append(kind)
     return dict(image=image, turns=turns, kinds=kinds, image_turn=image_turn, part=part)
