@@ -27,7 +27,7 @@ from .llava import Llava
 
 DEMO = Path(__file__).parent / "demo"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
-# the demo tokenizer's n tokens, then <image> = n and <pad> = n + 1 (678 and 679 in the current demo)
+# the demo tokenizer's n tokens, then <image> = n and <pad> = n + 1 (785 and 786 in the current demo)
 IMAGE_TOKEN_INDEX = json.loads((DEMO / "added_tokens.json").read_text(encoding="utf-8"))["<image>"]
 PAD_TOKEN_ID = IMAGE_TOKEN_INDEX + 1
 VOCAB = padded_vocab_size(IMAGE_TOKEN_INDEX)  # a multiple of 64, as llava-hf padded Llama-2's 32000 to 32064

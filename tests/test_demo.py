@@ -153,15 +153,16 @@ def test_withheld_wordings_are_never_trained():
     withheld = {t for ts in wordings.WITHHELD.values() for t in ts}
     assert not trained & withheld
     texts = set(shapes.trained_texts())  # what the tokenizer learns from
-    known = set().union(*map(words, texts), *map(words, wordings.LEAD_INS), wordings.FILLERS)  # every word training uses
+    # every word training uses
+    known = set().union(*map(words, texts), *map(words, wordings.LEAD_INS), wordings.FILLERS)
     # each withheld wording has a word training never uses, or (another word order) is no variation of a trained text
     fills = dict(shape="circle", color="red", what="blue shapes", obj="a green square")
     unknown = {t: words(t.format(**fills)) - known for t in withheld}
     is_trained = trained_wording(texts)
     assert all(unknown[t] or not is_trained(t.format(**fills)) for t in withheld)
     assert sum(bool(u) for u in unknown.values()) >= 0.9 * len(withheld)
-    withheld_questions = [q for c in evaluate.conversation_set(n_trained=0, n_withheld=60, n_casual=0, n_later=0, n_no_image=0)
-                          for q, _ in c["turns"]]
+    only_withheld = evaluate.conversation_set(n_trained=0, n_withheld=60, n_casual=0, n_later=0, n_no_image=0)
+    withheld_questions = [q for c in only_withheld for q, _ in c["turns"]]
     assert not texts & set(withheld_questions)
     assert not any(map(is_trained, withheld_questions))
     rng = random.Random(2)
@@ -179,7 +180,8 @@ def test_vary_keeps_what_a_question_asks():
     question = "Where is the red circle in the image?"
     varied = [conversations.vary(rng, question) for _ in range(2000)]
     for q in varied:  # (a lead-in may add a "the")
-        assert [w for w in re.findall(r"[a-z]+", q) if w in conversations.KEY_WORDS][-4:] == ["the", "red", "circle", "the"], q
+        key_words = [w for w in re.findall(r"[a-z]+", q) if w in conversations.KEY_WORDS]
+        assert key_words[-4:] == ["the", "red", "circle", "the"], q
     swapped = [q for q in varied if words(q) & set(wordings.FILLERS)]
     assert 0.15 < len(swapped) / len(varied) < 0.3  # swapped words and filler lead-ins
     assert 0.05 < sum(not q.endswith("?") and q[0].islower() for q in varied) / len(varied) < 0.15  # casual
@@ -202,7 +204,8 @@ def test_held_out_seeds_never_overlap_training(monkeypatch):
     evaluate.conversation_set(n_trained=5, n_withheld=5, n_casual=5, n_later=5, n_no_image=5)
     test = set(seeds)
     seeds.clear()
-    evaluate.conversation_set(evaluate.VALIDATION_SEED, n_trained=48, n_withheld=24, n_casual=8, n_later=8, n_no_image=8)
+    evaluate.conversation_set(evaluate.VALIDATION_SEED, n_trained=48, n_withheld=24, n_casual=8, n_later=8,
+                              n_no_image=8)
     assert min(test) == shapes.SEED_BASE["test"] and max(test) < evaluate.VALIDATION_SEED <= min(seeds)
 
 
@@ -213,7 +216,8 @@ def test_evaluation_covers_every_kind_and_turn():
     summary = evaluate.summarize(records)
     for part, least in (("trained", 20), ("withheld", 40)):
         for kind in shapes.KINDS:
-            assert summary[part][kind] == [1.0, summary[part][kind][1]] and summary[part][kind][1] >= least, (part, kind)
+            share, count = summary[part][kind]
+            assert share == 1.0 and count >= least, (part, kind)
     for name in evaluate.TURN_POSITIONS:
         assert summary["trained"][name][1] >= 150
     assert summary["no answers"][1] >= 80 and summary["yes/no"][1] >= 50 and summary["no image"][1] >= 40

@@ -35,7 +35,7 @@ import torch
 
 import minillava
 from minillava import limits, testing
-from minillava.demo import evaluate, shapes
+from minillava.demo import conversations, evaluate, shapes, wordings
 from tests.helpers.tokenizer_files import TOKENIZERS, write_processor_files
 
 nbformat = pytest.importorskip("nbformat", reason="the test extra's nbformat is not installed here")
@@ -339,16 +339,17 @@ LISTED = {
     "Errors": {"2,000": "tests/test_fuzz.py: 1,400 + 650 hypothesis examples"},
     "The embedded demo checkpoint": {
         5: "conversations of 1 to 5 questions in stage 2 (minillava/demo/conversations.py)",
-        28.8: "the wall time of the whole training command, measured once",
-        1.2: "a training step's time on the loaded machine, measured once", 1.5: "the same",
-        2.8: "the same, without OMP_WAIT_POLICY", 10.8: "the same",
+        10: "the load average during the shipped demo's training (/proc/loadavg, logged once a minute)",
+        21: "the shipped demo's CPU-minutes over two cores: 42.3 / 2",
         "87.0%": "an earlier run: 1,200 tower steps (trained wordings)", "70.0%": "the same (withheld wordings)",
         8: "an earlier run: 8 or 9 wordings per kind", 9: "the same", "3,400": "its conversation steps",
         "98.0%": "its trained-wording score", "91.0%": "its withheld-wording score", "88.3%": "its counts of a colour",
         "4,800": "an earlier run with counts asked twice as often", "76.0%": "its withheld-wording score",
-        "99.2%": "an earlier run with 13 or 14 wordings", "84.7%": "its withheld-wording score",
-        500: "the previous demo's evaluation: 500 first questions", "99.6%": "this demo on them",
-        "97.0%": "the previous demo on them", 200: "the previous demo's position errors: 29 in 200 questions"},
+        "99.2%": "an earlier run with 13 or 14 wordings", "84.7%": "its withheld-wording score", 13: "the same",
+        14: "the same", "99.8%": "the previous shipped demo, trained wordings", "86.3%": "the same, withheld",
+        "65.7%": "the same, withheld position questions", "57.9%": "the same, withheld description questions",
+        28.7: "the previous shipped demo's training minutes", 1.6: "the cores it got on average",
+        29: "an earlier demo's position errors: 29 in 200 questions", 200: "the same"},
     "Speed": {
         "80%": "transformers' decode, 18.3 tok/s, against the 23.0 tok/s ceiling",
         "104%": "1.3 x transformers' decode against the ceiling",
@@ -405,19 +406,23 @@ def readme_sources():
     log = json.loads((minillava.DEMO / "training_log.json").read_text())
     test = log["test"]
     evaluation = [v for split in ("trained", "withheld") for r in test[split].values() for v in r]  # (share, count)
-    evaluation += [v for k in ("no answers", "yes/no", "no image") for v in test[k]]
+    evaluation += [v for k in ("no answers", "yes/no", "no image", "lower case, no question mark",
+                               "image in a later turn") for v in test[k]]
+    variations = [conversations.WORD_DROP, conversations.WORD_SWAP, conversations.LEAD_IN, conversations.CASUAL]
     defaults = inspect.signature(evaluate.conversation_set).parameters
-    n_convs = [defaults["n_trained"].default + defaults["n_withheld"].default, defaults["n_no_image"].default]
+    n_convs = [defaults["n_trained"].default + defaults["n_withheld"].default, defaults["n_no_image"].default,
+               defaults["n_casual"].default, defaults["n_later"].default]
     curve_steps = [b["step"] - a["step"] for a, b in zip(log["curve"], log["curve"][1:])]
     v, t = cfg.vision_config, cfg.text_config
     demo = [v.image_size, v.patch_size, v.num_patches, v.num_hidden_layers, v.hidden_size, t.num_hidden_layers,
             t.hidden_size, t.num_attention_heads, t.num_key_value_heads, cfg.image_token_index,
             round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
             round((minillava.DEMO / "model.safetensors").stat().st_size / 1e6),
-            max(len(w) for w in shapes.TRAINED.values()), min(len(w) for w in shapes.TRAINED.values()),
-            *{len(w) for w in shapes.WITHHELD.values()}, *log["steps"].values(), log["batch_size"],
+            max(len(w) for w in wordings.TRAINED.values()), min(len(w) for w in wordings.TRAINED.values()),
+            *{len(w) for w in wordings.WITHHELD.values()}, sum(len(w) for w in wordings.WITHHELD.values()),
+            *log["steps"].values(), log["batch_size"],
             log["train_minutes"], log["cpu_minutes"], round(log["cpu_minutes"] / log["train_minutes"], 1),
-            *evaluation, *n_convs, *curve_steps]
+            *evaluation, *n_convs, *curve_steps, *variations]
     bench = [json.loads(p.read_text()) for p in (ROOT / "benchmarks").glob("results-*.json")]
     speed = [x for b in bench for x in leaves(b) + paired_ratios(b)]
     c7 = config_7b()[0].text_config

@@ -21,7 +21,8 @@ TURN_POSITIONS = ("first", "second", "third or later")
 VALIDATION_SEED = 2 * 10**9  # the training curve's conversations; the test ones start at shapes.SEED_BASE["test"]
 
 
-def conversation_set(base=shapes.SEED_BASE["test"], n_trained=240, n_withheld=240, n_casual=60, n_later=60, n_no_image=48):
+def conversation_set(base=shapes.SEED_BASE["test"], n_trained=240, n_withheld=240, n_casual=60, n_later=60,
+                     n_no_image=48):
     """Fixed conversations about images drawn from seeds base, base + 1, ..., in parts: n_trained in trained
     wordings, n_withheld in withheld ones, n_casual in trained wordings written in lower case without the final
     question mark or full stop, n_later whose image comes with the second or third question (the questions before

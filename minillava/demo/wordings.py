@@ -168,8 +168,8 @@ WITHHELD = {
         "Does the sketch include {obj}?", "Can {obj} be spotted?", "Any idea whether there is {obj}?",
         "Do you observe {obj}?", "Is {obj} depicted?", "Is {obj} anywhere in the artwork?"],
 }
-LEAD_INS = ["Now,", "Next question:", "Look at the image:", "One more:", "Okay,", "And", "So,", "Also,", "Well,", "Then,",
-            "Another question:", "Please,"]  # before a trained wording
+LEAD_INS = ["Now,", "Next question:", "Look at the image:", "One more:", "Okay,", "And", "So,", "Also,", "Well,",
+            "Then,", "Another question:", "Please,"]  # before a trained wording
 # Everyday words from other topics, never in a question: in training one word of a question is sometimes replaced
 # by one of these, or one is put before it (conversations.vary), so that a word the model does not know is passed
 # over and the colours, shapes and question words decide the answer. The tokenizer never learns them, so they
