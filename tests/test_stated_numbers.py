@@ -44,6 +44,7 @@ ROOT = Path(__file__).parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 QUESTION_SEED = shapes.SEED_BASE["test"] + 2  # the notebooks' picture and question (each notebook's first cell)
+QUESTION = "Please describe the image."  # the notebooks' question, one of the trained wordings
 
 # A number as prose writes it: 36, 32,064, 0.54, 1e-5, 44%, 1.3x. Not part of a name (linear_1, ViT-L/14,
 # 01_pixels), not a version or a path.
@@ -185,7 +186,7 @@ def marked(name):
 def example_inputs():
     """The notebooks' picture and question, as the demo's processor and as llava-1.5-7b-hf's (the real Llama 2
     tokenizer, 336-pixel crop) prepare them."""
-    example = shapes.sample(QUESTION_SEED, kind="description")
+    example = shapes.sample(QUESTION_SEED, kind="description", templates={"description": [QUESTION]})
     conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": example["question"]}]}]
     model, processor = minillava.load()
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
