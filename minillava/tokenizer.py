@@ -22,7 +22,7 @@ by prepending "▁" and turning every space into "▁". The rebuilt Metaspace tu
 prepends one only to a piece that does not start with "▁" already (`legacy: true`, "always"), or only at
 the very start of the text (`legacy` false or absent, "first"). So text next to `<image>`, a leading
 space or a double space tokenizes differently: on the demo's files " <image> red" is
-[1, 308, 308, 678, 308, 372] from tokenizer.json and [1, 308, 678, 372] from the rebuilt LlamaTokenizer.
+[1, 308, 308, 785, 308, 371] from tokenizer.json and [1, 308, 785, 371] from the rebuilt LlamaTokenizer.
 """
 import json
 
