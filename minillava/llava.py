@@ -61,9 +61,11 @@ class Llava(nn.Module):
             return x
         n_img, per_image, D = image_features.shape
         if n_tokens != n_img * per_image:
+            given = "pixel_values give" if pixel_values is not None else "image_features hold"
             raise PromptError(f"image features and image tokens do not match: input_ids hold {n_tokens} image tokens "
-                              f"(id {self.config.image_token_index}), pixel_values give {n_img} image(s) x {per_image} "
-                              f"features = {n_img * per_image}")
+                              f"(id {self.config.image_token_index}), {given} {n_img} image(s) x {per_image} "
+                              f"features = {n_img * per_image}; give one image per <image> in the prompt, expanded "
+                              f"to {per_image} tokens as the processor does")
         is_image = input_ids.to(self.device) == self.config.image_token_index  # (B, T)
         # images fill the <image> runs in order, row by row over the batch (transformers' masked_scatter)
         return x.masked_scatter(is_image[..., None], image_features.to(x.dtype))
