@@ -160,6 +160,9 @@ def sampling_options():
     g.add_argument("--top-p", type=PROBABILITY, default=1.0, metavar="P",
                    help="sample among the likeliest tokens whose probabilities add up to P (1: all)")
     g.add_argument("--seed", type=SEED, default=0, help="the random seed of sampling (the same seed, the same answer)")
+    g.add_argument("--compile", action="store_true", help="run each one-token step through torch.compile (CUDA "
+                   "graphs on a GPU): the first answer waits for the compile, its time is printed on stderr; "
+                   "needs --weights materialized for float16/bfloat16 files computed in float32 (default: off)")
     return p
 
 

@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from .chat import system_message, user_message
 from .comparison import compare
+from .compiled import compile_seconds
 from .errors import MinillavaError, PromptError
 from .images import load_image
 from .loading import load
@@ -29,7 +30,16 @@ def start_session(args):
     model, processor = load_checkpoint(args)
     return ChatSession(model, processor, system=args.system, max_new_tokens=args.max_new_tokens,
                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                       generator=torch.Generator(device="cpu").manual_seed(args.seed))
+                       generator=torch.Generator(device="cpu").manual_seed(args.seed), compile=args.compile)
+
+
+def report_compile(chat, reported):
+    """--compile: the time of each compile the last answer waited for, on stderr (the answer is stdout)."""
+    for (batch, length), seconds in compile_seconds(chat.model).items():
+        if (batch, length) not in reported:
+            reported.add((batch, length))
+            sys.stderr.write(f"minillava: compiled the decode step (batch {batch}, cache of {length} positions): "
+                             f"its first step took {seconds:.1f} s\n")
 
 
 def check_question(text):
@@ -48,12 +58,14 @@ def write_answer(pieces, out):
 
 def cmd_ask(args, out, inp):
     check_question(args.question)
-    write_answer(start_session(args).ask(args.question, images=args.image or []), out)
+    chat = start_session(args)
+    write_answer(chat.ask(args.question, images=args.image or []), out)
+    report_compile(chat, set())
     return 0
 
 
 def cmd_chat(args, out, inp):
-    chat = start_session(args)
+    chat, compiled_shapes = start_session(args), set()
     pending = list(args.image or [])
     out.write(f"minillava chat ({CHAT_USAGE}; Ctrl-D or Ctrl-C also ends)\n")
     while True:
@@ -93,6 +105,7 @@ def cmd_chat(args, out, inp):
             pending = []
             out.write("ASSISTANT: ")
             write_answer(answer, out)
+            report_compile(chat, compiled_shapes)
 
 
 def cmd_logits(args, out, inp):

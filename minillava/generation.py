@@ -15,7 +15,9 @@ from numbers import Integral, Real
 
 import torch
 
+from . import compiled
 from .errors import GenerationError, PromptError
+from .llama import StaticKVCache
 from .llava import check_inputs
 
 
@@ -47,8 +49,10 @@ def decode_step(model, tokens, attention_mask, cache, start_pos):
 
     attention_mask (B, >= start_pos + 1): 1 for the real tokens among positions 0..start_pos, the new
     one included; columns after it are not read, so one mask serves the whole run.
+    A compiled step (minillava/compiled.py) passes start_pos as a (1,) tensor and a StaticKVCache: the
+    whole mask is read then, (B, cache length), 0 after the new token, and attention runs over all of it.
     """
-    mask = attention_mask[:, :start_pos + 1]
+    mask = attention_mask if torch.is_tensor(start_pos) else attention_mask[:, :start_pos + 1]
     position_ids = mask.long().sum(-1, keepdim=True) - 1  # (B, 1): the row's real tokens before this one
     # a generated token is only embedded: even an <image> id gets no image features here (as in transformers)
     embeds = model.embed_tokens(tokens[:, None])  # (B, 1, D)
@@ -125,7 +129,7 @@ def end_tokens(config, eos_token_id=None, pad_token_id=None):
 
 def generate_tokens(model, input_ids, pixel_values=None, attention_mask=None, *, max_new_tokens=32,
                     temperature=0.0, top_k=0, top_p=1.0, eos_token_id=None, pad_token_id=None, generator=None,
-                    cache=None, start_pos=0):
+                    cache=None, start_pos=0, compile=False):
     """Check the request, run the prompt, and return an iterator over the next token of every row, (B,).
 
     The engine behind `generate`, streaming and chat sessions. Every check, the cache and the prefill
@@ -135,6 +139,8 @@ def generate_tokens(model, input_ids, pixel_values=None, attention_mask=None, *,
     By default a cache is allocated for exactly prompt + max_new_tokens positions; a chat session passes
     its own, with `start_pos` the positions it already holds of the conversation (the prompt's first
     start_pos tokens, which attention_mask (B, start_pos + T) then covers too).
+    compile: run the one-token step compiled (minillava/compiled.py), over a StaticKVCache; the prompt stays
+    eager. The first step of a shape compiles it, in compiled.compile_seconds(model).
     """
     check_settings(max_new_tokens, temperature, top_k, top_p)
     if not is_int(start_pos) or start_pos < 0:
@@ -157,19 +163,26 @@ def generate_tokens(model, input_ids, pixel_values=None, attention_mask=None, *,
     if cache is None and start_pos:
         raise GenerationError(f"start_pos = {start_pos} without a cache: the first {start_pos} positions would be "
                               f"empty (pass the cache that holds them)")
-    if cache is None:
+    decode = compiled.decoder(model, decode_step) if compile else decode_step
+    if cache is None and compile:  # a length of fixed steps, so that runs of other lengths reuse the graph
+        cache = model.new_cache(B, compiled.cache_length(T + max_new_tokens, limit), static=True)
+    elif cache is None:
         cache = model.new_cache(B, T + max_new_tokens)  # allocated once for the whole run
     elif cache.batch_size != B or cache.max_len < end - 1:  # the last token is never fed back
         raise GenerationError(f"the cache holds {cache.batch_size} row(s) x {cache.max_len} positions; this run "
                               f"needs {B} x {end - 1} (model.new_cache(batch_size, max_len))")
-    mask = torch.zeros(B, end, dtype=torch.long, device=model.device)  # the whole run's mask, filled as it goes
+    elif compile and not isinstance(cache, StaticKVCache):
+        raise GenerationError("compile=True runs over a static cache: pass model.new_cache(batch_size, max_len, "
+                              "static=True)")
+    width = cache.max_len if compile else end  # a compiled step reads the whole mask, as wide as its cache
+    mask = torch.zeros(B, width, dtype=torch.long, device=model.device)  # the whole run's mask, filled as it goes
     mask[:, :start_pos + T] = attention_mask
     logits = prefill(model, input_ids, pixel_values, mask, cache, start_pos)
     sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
-    return decode_loop(model, logits, mask, cache, start_pos + T, max_new_tokens, sampling, eos, pad)
+    return decode_loop(model, logits, mask, cache, start_pos + T, max_new_tokens, sampling, eos, pad, decode)
 
 
-def decode_loop(model, logits, mask, cache, position, max_new_tokens, sampling, eos, pad):
+def decode_loop(model, logits, mask, cache, position, max_new_tokens, sampling, eos, pad, decode=decode_step):
     """generate_tokens' loop: sample each row's token, yield it, feed it back at the next position."""
     eos = torch.tensor(eos, dtype=torch.long, device=logits.device)
     done = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
@@ -181,7 +194,7 @@ def decode_loop(model, logits, mask, cache, position, max_new_tokens, sampling, 
         if step == max_new_tokens - 1 or bool(done.all()):
             return
         mask[:, position] = 1
-        logits = decode_step(model, token, mask, cache, position)
+        logits = decode(model, token, mask, cache, position)
         position += 1
 
 
@@ -189,6 +202,6 @@ def generate(model, input_ids, pixel_values=None, attention_mask=None, **setting
     """The new tokens (B, new) after the prompt; greedy unless temperature > 0.
 
     settings: those of `generate_tokens` (max_new_tokens=32, temperature, top_k, top_p, eos_token_id,
-    pad_token_id, generator).
+    pad_token_id, generator, compile).
     """
     return torch.stack(list(generate_tokens(model, input_ids, pixel_values, attention_mask, **settings)), dim=1)

@@ -69,7 +69,9 @@ class KVCache:
         self.batch_size, self.max_len = shape[0], shape[2]
 
     def update(self, layer, start_pos, k, v):  # k, v: (B, n_kv_heads, T, head_dim)
-        """Write the T new positions at start_pos; return the keys and values of positions 0..start_pos+T-1."""
+        """Write the T new positions at start_pos; return the keys and values of positions 0..start_pos+T-1.
+
+        start_pos may also be a tensor of the T positions (a static step, see StaticKVCache)."""
         end = start_pos + k.shape[2]
         if end > self.max_len:
             raise GenerationError(f"the KV cache holds {self.max_len} positions; {k.shape[2]} were written at "
@@ -82,10 +84,33 @@ class KVCache:
     def resized(self, max_len, keep):
         """A cache with room for max_len positions holding this one's first `keep` (chat sessions grow theirs)."""
         B, n_kv, _, hd = self.k[0].shape
-        new = KVCache(len(self.k), (B, n_kv, max_len, hd), self.k[0].device, self.k[0].dtype)
+        new = type(self)(len(self.k), (B, n_kv, max_len, hd), self.k[0].device, self.k[0].dtype)
         for old, fresh in zip(self.k + self.v, new.k + new.v):
             fresh[:, :, :keep] = old[:, :, :keep]
         return new
+
+
+class StaticKVCache(KVCache):
+    """A cache a compiled decode step can run over (gpt-fast's static cache; minillava/compiled.py).
+
+    Its shapes never change, so neither does the step's graph: a step given its position as a tensor
+    writes there with index_copy_ and attends over every position of the cache, those after its own
+    masked out. Masked, yet read: memory never written could hold a NaN, and 0 x NaN is NaN, so the
+    cache starts zero-filled. A prompt (start_pos an int) is written as in KVCache.
+    """
+
+    def __init__(self, n_layers, shape, device, dtype):
+        super().__init__(n_layers, shape, device, dtype)
+        for t in self.k + self.v:
+            t.zero_()
+            torch._dynamo.mark_static_address(t)  # a CUDA graph writes here in place, never into a copy
+
+    def update(self, layer, start_pos, k, v):
+        if not torch.is_tensor(start_pos):
+            return super().update(layer, start_pos, k, v)
+        self.k[layer].index_copy_(2, start_pos, k)  # start_pos: (T,) positions
+        self.v[layer].index_copy_(2, start_pos, v)
+        return self.k[layer], self.v[layer]  # (B, n_kv_heads, max_len, head_dim)
 
 
 # SDPA shares each key/value head among its group of query heads itself from torch 2.5 (enable_gqa); before that
@@ -191,9 +216,12 @@ class LlamaModel(nn.Module):
                                       "cache, i.e. how many positions earlier passes wrote (0 for the prompt)")
             start_pos = 0
         if position_ids is None:
-            position_ids = torch.arange(start_pos, start_pos + T, device=inputs_embeds.device).expand(B, T)
+            position_ids = (start_pos + torch.arange(T, device=inputs_embeds.device)).expand(B, T)
         cos, sin = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, inputs_embeds.dtype)
-        mask = attention_mask_4d(attention_mask, start_pos, T, self.config.sliding_window, inputs_embeds.device)
+        if torch.is_tensor(start_pos):  # a static step (StaticKVCache): over every position of the cache
+            mask = allowed_keys(start_pos, cache.max_len, self.config.sliding_window, attention_mask)
+        else:
+            mask = attention_mask_4d(attention_mask, start_pos, T, self.config.sliding_window, inputs_embeds.device)
         x = inputs_embeds
         for layer in self.layers:
             x = layer(x, cos, sin, mask, cache, start_pos)
@@ -213,14 +241,21 @@ def attention_mask_4d(attention_mask, start, T, sliding_window, device):
     windowed = sliding_window is not None and S > sliding_window
     if not padded and not windowed and (start == 0 or T == 1):
         return None
-    q = torch.arange(start, S, device=device)[:, None]  # (T, 1)
-    s = torch.arange(S, device=device)[None, :]  # (1, S)
+    return allowed_keys(torch.arange(start, S, device=device), S, sliding_window if windowed else None,
+                        attention_mask[:, :S] if padded else None)
+
+
+def allowed_keys(positions, S, sliding_window=None, attention_mask=None):
+    """The mask itself, (B or 1, 1, T, S), for queries at `positions` (T,) over keys 0..S-1; attention_mask
+    (B, S) or None (no padding). With no data-dependent branch, a compiled step can trace it."""
+    q = positions[:, None]  # (T, 1)
+    s = torch.arange(S, device=positions.device)[None, :]  # (1, S)
     allowed = s <= q
-    if windowed:
+    if sliding_window is not None:
         allowed = allowed & (s > q - sliding_window)
     allowed = allowed[None, None]  # (1, 1, T, S)
-    if padded:
-        allowed = allowed & attention_mask[:, None, None, :S].bool()
+    if attention_mask is not None:
+        allowed = allowed & attention_mask[:, None, None, :].bool()
     # A left-pad query sees no key at all; SDPA would return NaN there, which the next layer's
     # values would spread. Let such rows see everything (as transformers' sdpa_mask does): their
     # outputs are never read, and no real token attends to a pad.
@@ -234,10 +269,11 @@ class LlamaForCausalLM(nn.Module):
         self.model = LlamaModel(config)
         self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
 
-    def new_cache(self, batch_size, max_len, device=None, dtype=None):
+    def new_cache(self, batch_size, max_len, device=None, dtype=None, static=False):
         config, w = self.config, self.model.norm.weight  # the compute dtype: large weights may be stored narrower
-        return KVCache(config.num_hidden_layers, (batch_size, config.num_key_value_heads, max_len, config.head_dim),
-                       device or w.device, dtype or w.dtype)
+        shape = (batch_size, config.num_key_value_heads, max_len, config.head_dim)
+        return (StaticKVCache if static else KVCache)(config.num_hidden_layers, shape, device or w.device,
+                                                      dtype or w.dtype)
 
     def forward(self, inputs_embeds, attention_mask=None, position_ids=None, cache=None, start_pos=None,
                 logits_to_keep=0):

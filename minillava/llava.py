@@ -76,8 +76,8 @@ class Llava(nn.Module):
         generated token does in transformers."""
         return self.language_model.model.embed_tokens(input_ids.to(self.device)).to(self.dtype)
 
-    def new_cache(self, batch_size, max_len):
-        return self.language_model.new_cache(batch_size, max_len)
+    def new_cache(self, batch_size, max_len, static=False):
+        return self.language_model.new_cache(batch_size, max_len, static=static)
 
     def forward(self, input_ids=None, pixel_values=None, attention_mask=None, position_ids=None, cache=None,
                 start_pos=None, logits_to_keep=0, inputs_embeds=None):

@@ -4,9 +4,10 @@ tokens. Token-level generation, which sees ids only, is minillava/generation.py.
 """
 import torch
 
+from . import compiled
 from .chat import system_message, user_message
 from .errors import ImageError, PromptError
-from .generation import check_settings, generate_tokens
+from .generation import check_settings, decode_step, generate_tokens
 from .loading import KV_POSITIONS
 
 
@@ -48,14 +49,19 @@ class ChatSession:
         session = ChatSession(model, processor)
         print("".join(session.ask("What is this?", images=["photo.jpg"])))
         print("".join(session.ask("And what colour is it?")))
+
+    compile=True runs each turn's one-token steps compiled (minillava/compiled.py): the first turn compiles,
+    the later ones reuse it, their cache keeping its length until the conversation outgrows it.
     """
 
     def __init__(self, model, processor, system=None, max_new_tokens=256, temperature=0.0, top_k=0, top_p=1.0,
-                 generator=None):
+                 generator=None, compile=False):
         check_settings(max_new_tokens, temperature, top_k, top_p)  # a bad setting fails here, not at a turn
+        if compile:
+            compiled.decoder(model, decode_step)  # whether it can be compiled, checked now (compiled at a turn)
         self.model, self.processor, self.system = model, processor, system
         self.settings = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                             generator=generator)
+                             generator=generator, compile=compile)
         self.reset()
 
     def reset(self):
@@ -134,6 +140,6 @@ class ChatSession:
                               f"{self.settings['max_new_tokens']} it exceeds the context length {limit} "
                               f"(text_config.max_position_embeddings): " + (" or ".join(fixes) or "shorten the prompt"))
         if self.cache is None:
-            self.cache = self.model.new_cache(1, min(limit, max(needed, KV_POSITIONS)))
+            self.cache = self.model.new_cache(1, min(limit, max(needed, KV_POSITIONS)), static=self.settings["compile"])
         elif self.cache.max_len < needed:  # grow geometrically, so a long chat reallocates rarely
             self.cache = self.cache.resized(min(limit, max(needed, 2 * self.cache.max_len)), keep)
