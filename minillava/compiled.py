@@ -5,7 +5,7 @@ Why: at batch 1 a decode step multiplies each weight matrix by one row. On a GPU
 norms and rotations is its own kernel launch, and eager PyTorch spends more time launching them than the GPU
 spends reading the weights (README "Speed"). torch.compile fuses the elementwise work into fewer kernels and,
 with mode="reduce-overhead", records the whole step once as a CUDA graph and replays it with one launch. This
-is gpt-fast's recipe (pytorch-labs/gpt-fast, generate.py: decode_one_token), on minillava's own step.
+is gpt-fast's recipe (github.com/pytorch-labs/gpt-fast, its decode_one_token), on minillava's own step.
 
 What a compiled step needs, and how minillava gives it:
 - Fixed shapes, so one graph serves every token: the cache is a StaticKVCache (minillava/llama.py) of a fixed
@@ -13,14 +13,17 @@ What a compiled step needs, and how minillava gives it:
   position is a tensor (written with index_copy_), not a Python int the graph would be specialised on.
 - Fixed addresses for CUDA graphs: the cache is marked static (StaticKVCache); the mask, the token and the
   position are small inputs the graph copies into its own buffers at each replay.
-- Traceable layers: the stored-weights `Linear` (minillava/layers.py: a first-call measurement, per-thread
-  buffers) is plain Python dynamo cannot trace in one graph, so compiled decoding wants every weight in the
-  compute dtype (`weights="materialized"`, or a float16/bfloat16 model): `decoder` says so otherwise.
+- One graph: the stored-weights `Linear` (minillava/layers.py) reads torch.get_num_threads() and, on the first
+  call of a shape, compares two products with torch.equal; dynamo breaks the graph at both (measured on a float16
+  2048 x 2048 weight under float32: fullgraph refused, 4 breaks a call without it). So compiled decoding wants
+  every weight in the compute dtype (`weights="materialized"`, or a float16/bfloat16 model); `decoder` says so.
 
-It compiles once per model and shape: a new batch size, cache length, dtype or device compiles again
-(`dynamic=False`: each shape gets its own static graph); tokens, turns and generate calls of one shape reuse it.
-Compiled kernels may fuse and round differently from eager ones: greedy tokens match the eager path on every
-test checkpoint, logits within a few float32 ulps (tests/test_compiled.py). The exact reference stays eager.
+It compiles once per shape: a new batch size, cache length, dtype or device compiles again (`dynamic=False`: each
+shape its own static graph); tokens, turns and generate calls of one shape reuse it, and so does another model of
+the same config (dynamo keeps the graph with the function; the weights are its inputs). torch keeps at most
+torch._dynamo.config.recompile_limit (8) versions of the step: past them it runs uncompiled, with a warning.
+Compiled kernels may fuse and round differently from eager ones: the greedy tokens are the eager path's, the
+logits within float32 rounding (tests/test_compiled.py). The exact reference stays the eager path.
 """
 import os
 import shutil

@@ -69,9 +69,7 @@ class KVCache:
         self.batch_size, self.max_len = shape[0], shape[2]
 
     def update(self, layer, start_pos, k, v):  # k, v: (B, n_kv_heads, T, head_dim)
-        """Write the T new positions at start_pos; return the keys and values of positions 0..start_pos+T-1.
-
-        start_pos may also be a tensor of the T positions (a static step, see StaticKVCache)."""
+        """Write the T new positions at start_pos; return the keys and values of positions 0..start_pos+T-1."""
         end = start_pos + k.shape[2]
         if end > self.max_len:
             raise GenerationError(f"the KV cache holds {self.max_len} positions; {k.shape[2]} were written at "
@@ -208,6 +206,8 @@ class LlamaModel(nn.Module):
         cache must say where its tokens go (0 for a prompt). attention_mask: (B, S), S = start_pos + T,
         1 for real tokens, 0 for padding. position_ids default to start_pos + arange(T), like
         transformers' forward (generation passes cumsum(mask) - 1 instead, see generation.py).
+        With a StaticKVCache, start_pos may be a tensor of the T positions (a compiled step): the queries then
+        attend over the whole cache, attention_mask (B, cache.max_len) 0 wherever nothing is written yet.
         """
         B, T, _ = inputs_embeds.shape
         if start_pos is None:
@@ -216,7 +216,7 @@ class LlamaModel(nn.Module):
                                       "cache, i.e. how many positions earlier passes wrote (0 for the prompt)")
             start_pos = 0
         if position_ids is None:
-            position_ids = (start_pos + torch.arange(T, device=inputs_embeds.device)).expand(B, T)
+            position_ids = torch.arange(start_pos, start_pos + T, device=inputs_embeds.device).expand(B, T)
         cos, sin = rotary_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, inputs_embeds.dtype)
         if torch.is_tensor(start_pos):  # a static step (StaticKVCache): over every position of the cache
             mask = allowed_keys(start_pos, cache.max_len, self.config.sliding_window, attention_mask)
