@@ -6,8 +6,9 @@
 
 Each repeat runs the same greedy generation (one image prompt, --new-tokens tokens, no early stop) eagerly and
 compiled, in alternating order so that drift in machine load hits both; decode tokens/s is counted from the
-first token to the last (the prompt step, eager in both, is left out). The first compiled run compiles: its
-time is reported apart, not in the runs. Writes results-compiled-SIZE[-lN]-DEVICE.json beside this script.
+first token to the last (the prompt step, eager in both, is left out). The first compiled run compiles, from an
+empty compile cache unless --warm: its time is reported apart, not in the runs. Writes
+results-compiled-SIZE[-lN]-DEVICE.json beside this script, with the machine's load average before and after.
 """
 import argparse
 import json
@@ -15,6 +16,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import minillava  # noqa: E402
 from minillava import Llava, LlavaConfig, compiled  # noqa: E402
-from minillava.generation import generate_tokens  # noqa: E402
+from minillava.generation import decode_step, generate_tokens, prefill  # noqa: E402
 
 VISION_L336 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                    image_size=336, patch_size=14, model_type="clip_vision_model")
@@ -51,12 +53,12 @@ def image_prompt(model, size):
         text = processor.apply_chat_template([{"role": "user", "content": [
             {"type": "image"}, {"type": "text", "text": "What color is the circle?"}]}], add_generation_prompt=True)
         inputs = processor(text=text, images=[minillava.DEMO / "example.png"])
-        return inputs["input_ids"], inputs["pixel_values"]
+        return inputs["input_ids"], inputs["pixel_values"].to(model.device)
     g = torch.Generator().manual_seed(0)
     n, s = model.config.vision_config.num_patches, model.config.vision_config.image_size
     ids = torch.cat([torch.tensor([1]), torch.randint(3, 32000, (20,), generator=g), torch.full((n,), 32000),
                      torch.randint(3, 32000, (20,), generator=g)])
-    return ids[None], torch.randn(1, 3, s, s, generator=g).to(model.dtype)
+    return ids[None], torch.randn(1, 3, s, s, generator=g).to(model.device, model.dtype)
 
 
 def decode_run(model, ids, pv, new_tokens, compile):
@@ -66,6 +68,20 @@ def decode_run(model, ids, pv, new_tokens, compile):
     start = time.perf_counter()
     out += list(tokens)  # each step ends on the CPU (the loop reads whether every row is done)
     return (new_tokens - 1) / (time.perf_counter() - start), torch.stack(out, 1)
+
+
+@torch.no_grad()
+def step_logits_difference(model, ids, pv):
+    """(max |compiled - eager| logits of one decode step after the prompt, max |eager logits|)."""
+    T, n = ids.shape[1], compiled.cache_length(ids.shape[1] + 1, model.config.text_config.max_position_embeddings)
+    mask = torch.zeros(1, n, dtype=torch.long, device=model.device)
+    mask[:, :T + 1] = 1
+    eager_cache, static_cache = model.new_cache(1, T + 1), model.new_cache(1, n, static=True)
+    token = prefill(model, ids, pv, mask, eager_cache).argmax(-1)
+    prefill(model, ids, pv, mask, static_cache)
+    eager = decode_step(model, token, mask, eager_cache, T)
+    got = compiled.decoder(model, decode_step)(model, token, mask, static_cache, T)
+    return (got - eager).abs().max().item(), eager.abs().max().item()
 
 
 def copy_bandwidth_gbs(device, mb=512):
@@ -96,13 +112,18 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--out", help="JSON output (default: results-compiled-SIZE[-lN]-DEVICE.json beside this script)")
+    ap.add_argument("--warm", action="store_true", help="keep torch's compile cache from earlier runs (default: an "
+                    "empty one, so that the compile time is what a first run pays)")
     args = ap.parse_args()
+    if not args.warm:  # inductor reads its cache folder when it first compiles
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="minillava-inductor-")
     dtype = getattr(torch, args.dtype or ("float32" if args.device == "cpu" else "bfloat16"))
     if args.size == "demo":
         model, _ = minillava.load(device=args.device, dtype=dtype)
     else:
         model = random_model(args.size, args.layers, args.device, dtype)
     ids, pv = image_prompt(model, args.size)
+    load_before = os.getloadavg()[0]  # what else the machine runs: a shared machine's figures depend on it
 
     decode_run(model, ids, pv, args.new_tokens, compile=False)  # warm-up
     start = time.perf_counter()
@@ -119,6 +140,7 @@ def main():
         same_tokens &= torch.equal(got["eager"], got["compiled"])
         print(f"repeat {r}: eager {runs['eager'][-1]:.1f}, compiled {runs['compiled'][-1]:.1f} tokens/s", flush=True)
     ratios = [c / e for c, e in zip(runs["compiled"], runs["eager"])]
+    difference, largest = step_logits_difference(model, ids, pv)
     lm = model.language_model
     weight_bytes = sum(p.numel() * p.element_size() for p in lm.parameters()) \
         - lm.model.embed_tokens.weight.numel() * lm.model.embed_tokens.weight.element_size()
@@ -130,22 +152,26 @@ def main():
                    f"threads {torch.get_num_threads()}"
                    + (f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""),
         "command": "python " + " ".join(sys.argv),
+        "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]},
+        "compile_cache": "warm (torch's, from earlier runs)" if args.warm else "empty",
         "new_tokens": args.new_tokens, "prompt_tokens": ids.shape[1],
-        "compile_s": compiled.compile_seconds(model), "first_compiled_run_s": first_compiled_run_s,
+        "compile_s": [{"batch": b, "cache": n, "seconds": t} for (b, n), t in compiled.compile_seconds(model).items()],
+        "first_compiled_run_s": first_compiled_run_s,
         "median_tok_s": {mode: statistics.median(v) for mode, v in runs.items()},
         "median_ratio_compiled_over_eager": statistics.median(ratios),
         "greedy_tokens_equal": same_tokens,
+        "step_logits_max_difference": difference, "step_logits_max": largest,
         "decode_bytes_per_token": weight_bytes, "copy_bandwidth_gbs": bandwidth,
         "fraction_of_copy_bandwidth": {mode: statistics.median(v) * weight_bytes / (bandwidth * 1e9)
                                        for mode, v in runs.items()},
         "runs_tok_s": runs, "ratios": ratios,
     }
-    result["compile_s"] = {f"batch {b}, cache {n}": s for (b, n), s in result["compile_s"].items()}
     layers = f"-l{args.layers}" if args.layers else ""
     out = Path(args.out or Path(__file__).parent / f"results-compiled-{args.size}{layers}-{args.device}.json")
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: result[k] for k in ("compile_s", "median_tok_s", "median_ratio_compiled_over_eager",
-                                             "greedy_tokens_equal", "fraction_of_copy_bandwidth")}, indent=1))
+                                             "greedy_tokens_equal", "step_logits_max_difference",
+                                             "fraction_of_copy_bandwidth")}, indent=1))
     print(f"wrote {out}")
 
 

@@ -159,6 +159,10 @@ def test_static_step_traced_whole_gives_eager_tokens(variant, tmp_path, monkeypa
 def test_cuda_graphs_greedy_tokens_equal_eager(tmp_path, dtype):
     model, _ = minillava.load(testing.write_checkpoint(tmp_path / "gqa", "gqa", dtype=dtype), device="cuda")
     ids, pv = prompt(model, 1, text_len=20, seed=3)
+    pv = pv.to("cuda", dtype)
     eager = generate(model, ids, pv, max_new_tokens=N, eos_token_id=[])
-    for _ in range(2):  # the second run replays the recorded graph
+    for run in range(3):  # the first run compiles (and warms up), the second records the CUDA graph, then replays
         assert torch.equal(generate(model, ids, pv, max_new_tokens=N, eos_token_id=[], compile=True), eager)
+        if run == 0:
+            before = graphs()
+    assert graphs() == before
