@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import minillava  # noqa: E402
-from minillava import Llava, LlavaConfig, compiled  # noqa: E402
+from minillava import Llava, LlavaConfig, compiled, testing  # noqa: E402
 from minillava.generation import decode_step, generate_tokens, prefill  # noqa: E402
 
 VISION_L336 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
@@ -34,15 +34,16 @@ TEXT = {"small": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layer
 
 
 def random_model(size, layers, device, dtype):
-    """A model of bench.py's shapes with random weights, built on the device (no checkpoint to write)."""
+    """A model of bench.py's shapes with minillava.testing's random weights (every one set, of unit-variance
+    outputs), on the device: no checkpoint to write."""
     text = dict(TEXT[size], model_type="llama", vocab_size=32064, max_position_embeddings=4096, rms_norm_eps=1e-5)
     if layers:
         text["num_hidden_layers"] = layers
     config = LlavaConfig.from_dict({"model_type": "llava", "image_token_index": 32000, "pad_token_id": 32001,
                                     "vision_config": VISION_L336, "text_config": text})
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = Llava(config).to(dtype).eval()
+    with torch.device("meta"):
+        model = Llava(config).eval()
+    model.load_state_dict({k: v.to(device, dtype) for k, v in testing.random_state(config).items()}, assign=True)
     return model
 
 
