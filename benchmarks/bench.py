@@ -5,6 +5,8 @@
     python benchmarks/bench.py --size 7b --layers 8 --device cuda  # its first 8 decoder layers: minutes, not tens
     python benchmarks/bench.py --size tiny --repeats 1 # seconds: the smoke form the test suite runs
     python benchmarks/bench.py --size 7b-slice --layers 4  # the real 7b config, 4 layers: modes and memory (slice7b.py)
+    python benchmarks/bench.py --size 7b-slice --paired-only --beside busy  # stored vs materialized speed only,
+                                                                            # beside one busy process it starts
 
 Runs alternate (minillava, transformers, minillava, ...) so drift in machine load hits both.
 Measured: load time and peak resident memory during load (each load in a fresh process), time to
@@ -144,6 +146,13 @@ def main():
     ap.add_argument("--layers", type=int, default=None,
                     help="decoder layers kept (7b-slice: default 4 of the 32; other sizes: default all)")
     ap.add_argument("--threads", type=int, default=None, help="7b-slice: torch threads in each run (default torch's)")
+    ap.add_argument("--beside", default="alone,busy",
+                    help="7b-slice: conditions of the interleaved stored/materialized comparison, comma-separated: "
+                         "alone (nothing started beside it), "
+                         "busy (beside one busy process the benchmark starts and stops)")
+    ap.add_argument("--rounds", type=int, default=4, help="7b-slice: prefills per mode in each interleaved comparison "
+                                                         "(each followed by 8 decode steps)")
+    ap.add_argument("--paired-only", action="store_true", help="7b-slice: only the interleaved comparison")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None)
     ap.add_argument("--repeats", type=int, default=None, help="default 5 (7b-slice: 2)")
@@ -156,7 +165,12 @@ def main():
     if a.size == "7b-slice":  # its own protocol: one fresh process per configuration (benchmarks/slice7b.py)
         sys.path.insert(0, str(Path(__file__).parent))
         from slice7b import main as slice_main
-        return slice_main(a.layers or 4, a.repeats or 2, a.ckpt, a.out, a.threads)
+        beside = a.beside.split(",")
+        if not set(beside) <= {"alone", "busy"}:
+            ap.error(f"--beside takes alone, busy or both (comma-separated), not {a.beside!r}")
+        name = "results-7b-slice" + ("-" + "-".join(beside) if a.paired_only else "") + ".json"
+        return slice_main(a.layers or 4, a.repeats or 2, a.ckpt, a.out or Path(__file__).parent / name, a.threads,
+                          beside, a.rounds, a.paired_only)
     a.repeats = a.repeats or 5
     dtype = a.dtype or SIZES[a.size]["dtype"]
     if a.child:

@@ -3,67 +3,66 @@
 Building blocks the model files share that are not part of the model's math: how a layer is
 built and stored, never what it computes.
 
-Storage and compute apart. A llava-hf checkpoint stores its weights in float16 or bfloat16; the exact
-reference computes in float32. Converting every weight to float32 at load doubles the memory (28 GB for
-the 7b). Instead `Linear` and `Embedding` may keep their weight as stored (memory-mapped from the file,
-never copied) and compute in the dtype of their input, widening the weight as it is used:
-
-- `Linear` converts its weight into a reused float32 buffer and multiplies: a float16 or bfloat16 value
-  converts to float32 exactly, so one product over the whole converted matrix is the very call
-  `F.linear(x, w.float(), b)` makes, bit for bit (tests/test_layers.py checks).
-  A decode step (a few rows of input) is bound by memory, not arithmetic: there the weight is converted a
-  cache-sized block of rows at a time and each block multiplied as it is converted, so the step reads half
-  the bytes of a float32 weight and never writes a whole float32 copy. Whether the BLAS sums a block's dot
-  products in the order it uses for the whole matrix depends on its build, the thread count and the shapes
-  (MKL with 2 threads does for blocks of 64 rows; MKL with 16 threads did not for a one-token product), so
-  the first call of each shape computes both and keeps the blocks only where they agree bit for bit.
-  On a GPU the whole matrix is always converted at once (one conversion kernel, then one matrix product).
-- `Embedding` looks rows up in the stored table; the model converts just those rows (`Llava.embed_tokens`).
-
-A weight already in the input's dtype (the float32 a demo trains, or a half-precision model) takes the
-plain `F.linear` path, with autograd. Which weights stay stored is decided by minillava/loading.py.
-
-`Embedding` also skips its random init on the meta device: there the init would only cost time (torch's
-meta `normal_` imports torch._dynamo, ~2 s), since a checkpoint overwrites every weight anyway.
+`Linear` and `Embedding` are nn.Linear and nn.Embedding, with one addition: their weight may stay as the
+checkpoint stores it (float16 or bfloat16, memory-mapped from the file, never copied) while the model
+computes in float32, and is then widened to float32 as it is used (an embedding's rows by the model). Which
+weights stay stored is decided by minillava/loading.py; how they are widened, exactly and fast, is the rest of
+this file, below the two classes.
 """
+import os
 import threading
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-BLOCK_BYTES = 4 * 2**20  # one block of float32 rows: about the L2 caches of two cores (fewer, larger blocks
-# cost fewer thread synchronisations per matrix; a block much larger than the caches spills to memory)
-ROWS = 64  # blocks are whole multiples of 64 rows: MKL's kernels for a ragged remainder (47 rows, say) sum in
-# another order even where whole blocks agree
+
+class Linear(nn.Linear):
+    """nn.Linear whose weight may be stored in a narrower dtype than its input (see linear_widened)."""
+
+    def forward(self, x):
+        if self.weight.dtype == x.dtype:  # float32 weights (a demo trains them) or a half-precision model
+            return F.linear(x, self.weight, self.bias)
+        return linear_widened(x, self.weight, self.bias)
+
+
+class Embedding(nn.Embedding):
+    """nn.Embedding without the random init on the meta device; its rows come in the table's dtype (the model
+    converts just the rows it looks up: `Llava.embed_tokens`)."""
+
+    def reset_parameters(self):
+        # no random init on the meta device: it would only cost time (torch's meta normal_ imports
+        # torch._dynamo, ~2 s), since a checkpoint overwrites every weight anyway
+        if not self.weight.is_meta:
+            super().reset_parameters()
+
+
+# --- Widening a stored weight as it is used ---------------------------------------------------------------
+#
+# A float16 or bfloat16 value converts to float32 exactly, so a product over the whole converted matrix is the
+# very call F.linear(x, w.float(), b) makes, bit for bit. That is what a prompt does (many rows of input: the
+# product is bound by arithmetic), converting into one reused buffer.
+#
+# A decode step (a few rows of input) is bound by memory: converting the whole matrix would write and read
+# back a float32 copy, 10 bytes moved per weight where float32 weights cost 4. Instead the weight is cut into
+# blocks of rows that fit a core's L2 cache, and each block is multiplied while it is still in the cache: the
+# step reads 2 bytes per weight. The blocks are shared by a team of threads, one per torch thread, each
+# running torch on one thread and taking the next block as soon as it has finished the last. Not torch's own
+# threads: there each conversion and each product of a block is a parallel region that ends when its slowest
+# thread does, hundreds per token, and beside one busy process (a thread often descheduled) a decode step of
+# the 7b-width slice took 10x as long. The team meets once per matrix, and a descheduled thread holds up its
+# one block only.
+#
+# Whether the BLAS sums a block's dot products in the order it uses for the whole matrix depends on its build,
+# the thread count and the shapes (MKL does for whole multiples of 64 rows, not for a ragged 47), so the first
+# call of each shape computes both and keeps the blocks only where they agree bit for bit; elsewhere it
+# converts the whole matrix. On a GPU the whole matrix is always converted at once.
+
+BLOCK_BYTES = 2**20  # one thread's block of float32 rows: well within a core's L2 cache (1-2 MB on current x86)
+ROWS = 64  # blocks are whole multiples of 64 rows (a ragged remainder is the last block only)
 DECODE_ROWS = 16  # inputs of at most this many rows (tokens x batch) are multiplied block by block
-_buffers = threading.local()  # one buffer per thread and device: two threads never share a block
 _blocks_agree = {}  # (N, K, block, rows of x, dtypes, bias, threads) -> block-wise == whole, measured once
-
-
-def _buffer(numel, device, dtype):
-    key = (device, dtype)
-    buffers = _buffers.__dict__.setdefault("by_device", {})
-    buf = buffers.get(key)
-    if buf is None or buf.numel() < numel:
-        buffers.pop(key, None)  # the old buffer goes before the larger one is allocated
-        buf = buffers[key] = torch.empty(numel, device=device, dtype=dtype)
-    return buf
-
-
-def _product(x2, weight, bias, rows):
-    """x2 @ weight.T (+ bias) for x2 (M, K), the weight widened `rows` rows at a time into the buffer."""
-    N, K = weight.shape
-    y = x2.new_empty(x2.shape[0], N)
-    buf = _buffer(rows * K, x2.device, x2.dtype)
-    for start in range(0, N, rows):
-        n = min(rows, N - start)
-        block = buf[:n * K].view(n, K).copy_(weight[start:start + n])  # (n, K), exact widening
-        if bias is None:
-            torch.mm(x2, block.t(), out=y[:, start:start + n])
-        else:  # addmm is what F.linear runs with a bias: the same rounding
-            torch.addmm(bias[start:start + n].to(x2.dtype), x2, block.t(), out=y[:, start:start + n])
-    return y
+_buffers = threading.local()  # one buffer per thread and device: two threads never share a block
 
 
 def linear_widened(x, weight, bias=None):
@@ -84,18 +83,101 @@ def linear_widened(x, weight, bias=None):
     return _product(x2, weight, bias, rows).view(*x.shape[:-1], N)
 
 
-class Linear(nn.Linear):
-    """nn.Linear whose weight may be stored in a narrower dtype than its input (see the module docstring)."""
+def _product(x2, weight, bias, rows):
+    """x2 @ weight.T (+ bias) for x2 (M, K), the weight widened `rows` rows at a time: by a team of threads where
+    there are several blocks and several torch threads, else in this thread."""
+    y = x2.new_empty(x2.shape[0], weight.shape[0])  # (M, N)
+    threads = torch.get_num_threads()
+    if rows < weight.shape[0] and threads > 1 and torch.backends.openmp.is_available():  # (one count per thread)
+        with _teams_lock:
+            if threads not in _teams:
+                _teams[threads] = _Team(threads)
+            team = _teams[threads]
+        team.run(x2, weight, bias, y, rows)
+    else:
+        _widen_multiply(x2, weight, bias, y, iter(range(0, weight.shape[0], rows)), rows)
+    return y
 
-    def forward(self, x):
-        if self.weight.dtype == x.dtype:
-            return F.linear(x, self.weight, self.bias)
-        return linear_widened(x, self.weight, self.bias)
+
+def _widen_multiply(x2, weight, bias, y, starts, rows):
+    """For each start taken from `starts`: widen rows start:start + rows into this thread's buffer, multiply."""
+    N, K = weight.shape
+    buf = _buffer(min(rows, N) * K, x2.device, x2.dtype)
+    for start in starts:
+        n = min(rows, N - start)
+        block = buf[:n * K].view(n, K).copy_(weight[start:start + n])  # (n, K), exact
+        if bias is None:
+            torch.mm(x2, block.t(), out=y[:, start:start + n])
+        else:  # addmm is what F.linear runs with a bias: the same rounding
+            torch.addmm(bias[start:start + n].to(x2.dtype), x2, block.t(), out=y[:, start:start + n])
 
 
-class Embedding(nn.Embedding):
-    """nn.Embedding without the random init on the meta device; its rows come in the table's dtype."""
+def _buffer(numel, device, dtype):
+    key = (device, dtype)
+    buffers = _buffers.__dict__.setdefault("by_device", {})
+    buf = buffers.get(key)
+    if buf is None or buf.numel() < numel:
+        buffers.pop(key, None)  # the old buffer goes before the larger one is allocated
+        buf = buffers[key] = torch.empty(numel, device=device, dtype=dtype)
+    return buf
 
-    def reset_parameters(self):
-        if not self.weight.is_meta:
-            super().reset_parameters()
+
+class _Team:
+    """`n` threads, each running torch on one thread, that share the blocks of one product at a time."""
+
+    def __init__(self, n):
+        self.n, self.lock = n, threading.Lock()
+        self.go, self.done = threading.Semaphore(0), threading.Semaphore(0)
+        threads, ready = torch.get_num_threads(), threading.Barrier(n + 1)
+        self.workers = [threading.Thread(target=self._work, args=(ready,), name="minillava-widen", daemon=True)
+                        for _ in range(n)]
+        for worker in self.workers:
+            worker.start()
+        ready.wait()
+        torch.set_num_threads(threads)  # a worker's set_num_threads(1) also set torch's default for new threads
+
+    def run(self, x2, weight, bias, y, rows):
+        with self.lock:  # one product at a time
+            self.job, self.error = (x2, weight, bias, y, _Shared(range(0, weight.shape[0], rows)), rows), None
+            for _ in range(self.n):
+                self.go.release()
+            for _ in range(self.n):
+                self.done.acquire()
+            error, self.job, self.error = self.error, None, None
+        if error is not None:
+            raise error
+
+    def _work(self, ready):
+        torch.get_num_threads()  # torch sets up a thread's count on its first call: let it, then set one
+        torch.set_num_threads(1)
+        ready.wait()
+        while True:
+            self.go.acquire()
+            try:
+                _widen_multiply(*self.job)
+            except BaseException as e:  # raised again in the caller
+                self.error = e
+            self.done.release()
+
+
+class _Shared:
+    """An iterator that several threads take from, each item going to one of them."""
+
+    def __init__(self, items):
+        self.items, self.lock = iter(items), threading.Lock()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        with self.lock:
+            return next(self.items)
+
+
+def _forget_teams():  # in a forked child: it has none of its parent's threads
+    global _teams, _teams_lock
+    _teams, _teams_lock = {}, threading.Lock()  # torch threads -> _Team, made on first use
+
+
+_forget_teams()
+os.register_at_fork(after_in_child=_forget_teams)

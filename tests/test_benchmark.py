@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -21,3 +23,32 @@ def test_benchmark_smoke(tmp_path):
         m = result["median"][impl]
         assert m["load_s"] > 0 and m["ttft_s"] > 0 and m["decode_tok_s_b1"] > 0 and m["decode_tok_s_b4"] > 0
     assert result["copy_bandwidth_gbs"] > 0 and result["decode_ceiling_tok_s"] > 0
+
+
+@pytest.mark.slow
+def test_slice_speed_comparison_beside_a_busy_process(tmp_path):
+    """The stored / materialized comparison of the 7b-slice benchmark, on a slice shrunk to seconds: it starts
+    the busy process, reports, and leaves no busy process behind."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import slice7b
+    text = dict(slice7b.TEXT_7B, hidden_size=64, intermediate_size=160, num_attention_heads=4)
+    vision = dict(slice7b.VISION, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2)
+    folder = slice7b.build(tmp_path / "slice", 1, text, vision)  # 336-px images, the real 32064-token vocabulary
+    out = tmp_path / "speed.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--size", "7b-slice", "--paired-only",
+                          "--beside", "busy", "--rounds", "1", "--ckpt", str(folder), "--out", str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "beside one busy process" in run.stdout and "decode >= 0.80 x materialized" in run.stdout
+    got = json.loads(out.read_text())
+    busy = got["paired"]["busy"]
+    assert set(got["paired"]) == {"busy"} and busy["decode_vs_materialized"] > 0 and busy["ttft_vs_materialized"] > 0
+    assert len(busy["runs"]["stored"]["step_s"]) == len(busy["runs"]["materialized"]["step_s"]) == 8
+    assert busy["busy_pid"] and not _runs_busy_loop(busy["busy_pid"])
+
+
+def _runs_busy_loop(pid):
+    try:
+        return "ending with the benchmark" in Path(f"/proc/{pid}/cmdline").read_text()
+    except OSError:  # gone
+        return False
