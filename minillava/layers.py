@@ -40,23 +40,24 @@ class Embedding(nn.Embedding):
 # --- Widening a stored weight as it is used ---------------------------------------------------------------
 #
 # A float16 or bfloat16 value converts to float32 exactly, so a product over the whole converted matrix is the
-# very call F.linear(x, w.float(), b) makes, bit for bit. That is what a prompt does (many rows of input: the
-# product is bound by arithmetic), converting into one reused buffer.
+# very call F.linear(x, w.float(), b) makes, bit for bit. A prompt (many rows of input: the product is bound by
+# arithmetic) does just that, converting into one reused buffer.
 #
-# A decode step (a few rows of input) is bound by memory: converting the whole matrix would write and read
-# back a float32 copy, 10 bytes moved per weight where float32 weights cost 4. Instead the weight is cut into
-# blocks of rows that fit a core's L2 cache, and each block is multiplied while it is still in the cache: the
-# step reads 2 bytes per weight. The blocks are shared by a team of threads, one per torch thread, each
-# running torch on one thread and taking the next block as soon as it has finished the last. Not torch's own
-# threads: there each conversion and each product of a block is a parallel region that ends when its slowest
-# thread does, hundreds per token, and beside one busy process (a thread often descheduled) a decode step of
-# the 7b-width slice took 10x as long. The team meets once per matrix, and a descheduled thread holds up its
-# one block only.
+# A decode step (a few rows of input) is bound by memory: converting the whole matrix would write a float32
+# copy and read it back, 10 bytes moved per weight where float32 weights move 4. Instead the weight is cut into
+# blocks of rows that fit a core's L2 cache, each multiplied while it is still there: 2 bytes per weight come
+# from memory. A team of threads, as many as torch uses, shares the blocks: each runs torch on one thread and
+# takes the next block as soon as it has finished one, and the caller waits once per matrix. Not torch's own
+# threads: with them each block's conversion and product are parallel regions that end when their slowest
+# thread does, hundreds a token, and beside one busy process (a thread often descheduled) the 7b-width slice
+# decoded at a tenth of its float32 speed (benchmarks/slice7b.py). The team's threads never wait for each
+# other; a descheduled one holds up its one block.
 #
 # Whether the BLAS sums a block's dot products in the order it uses for the whole matrix depends on its build,
-# the thread count and the shapes (MKL does for whole multiples of 64 rows, not for a ragged 47), so the first
-# call of each shape computes both and keeps the blocks only where they agree bit for bit; elsewhere it
-# converts the whole matrix. On a GPU the whole matrix is always converted at once.
+# the thread count and the shapes (MKL does for whole multiples of 64 rows, not for a ragged 47; torch 2.13's
+# MKL on 3, 5 or 6 threads sums some rows of the whole matrix in another order), so the first call of each
+# shape computes both and keeps the blocks only where they agree bit for bit; elsewhere it converts the whole
+# matrix. On a GPU the whole matrix is always converted at once.
 
 BLOCK_BYTES = 2**20  # one thread's block of float32 rows: well within a core's L2 cache (1-2 MB on current x86)
 ROWS = 64  # blocks are whole multiples of 64 rows (a ragged remainder is the last block only)
@@ -88,7 +89,8 @@ def _product(x2, weight, bias, rows):
     there are several blocks and several torch threads, else in this thread."""
     y = x2.new_empty(x2.shape[0], weight.shape[0])  # (M, N)
     threads = torch.get_num_threads()
-    if rows < weight.shape[0] and threads > 1 and torch.backends.openmp.is_available():  # (one count per thread)
+    # a team needs torch built with OpenMP (its usual build), where each thread keeps its own thread count
+    if rows < weight.shape[0] and threads > 1 and torch.backends.openmp.is_available():
         with _teams_lock:
             if threads not in _teams:
                 _teams[threads] = _Team(threads)
@@ -102,14 +104,17 @@ def _product(x2, weight, bias, rows):
 def _widen_multiply(x2, weight, bias, y, starts, rows):
     """For each start taken from `starts`: widen rows start:start + rows into this thread's buffer, multiply."""
     N, K = weight.shape
-    buf = _buffer(min(rows, N) * K, x2.device, x2.dtype)
+    rows = min(rows, N)
+    full = _buffer(rows * K, x2.device, x2.dtype)[:rows * K].view(rows, K)
     for start in starts:
         n = min(rows, N - start)
-        block = buf[:n * K].view(n, K).copy_(weight[start:start + n])  # (n, K), exact
+        block = full if n == rows else full[:n]  # (n, K)
+        block.copy_(weight.narrow(0, start, n))  # exact
+        out = y.narrow(1, start, n)  # (M, n)
         if bias is None:
-            torch.mm(x2, block.t(), out=y[:, start:start + n])
+            torch.mm(x2, block.t(), out=out)
         else:  # addmm is what F.linear runs with a bias: the same rounding
-            torch.addmm(bias[start:start + n].to(x2.dtype), x2, block.t(), out=y[:, start:start + n])
+            torch.addmm(bias.narrow(0, start, n).to(x2.dtype), x2, block.t(), out=out)
 
 
 def _buffer(numel, device, dtype):
