@@ -213,8 +213,9 @@ def child_paired(folder, out, threads, rounds, busy):
 
 
 def read_loadavg():
+    """The load averages over 1, 5 and 15 minutes."""
     with open("/proc/loadavg") as f:
-        return " ".join(f.read().split()[:3])
+        return [float(x) for x in f.read().split()[:3]]
 
 
 def timed(f):
@@ -235,9 +236,10 @@ def paired(folder, threads, rounds=4, busy=False):
     ttft = statistics.median(a / b for a, b in zip(s["ttft_s"], m["ttft_s"]))
     decode = statistics.median(b / a for a, b in zip(s["step_s"], m["step_s"]))  # tok/s ratio = inverse time ratio
     a = got["anatomy"]
+    before, after = (" ".join(map(str, load)) for load in got["loadavg"])
     print(f"\n{'beside one busy process' if busy else 'alone'}, interleaved in one process ({got['threads']} threads, "
-          f"{rounds} prefills and {len(s['step_s'])} decode steps each; load average {got['loadavg'][0]} before, "
-          f"{got['loadavg'][1]} after): stored / materialized TTFT {ttft:.3f} "
+          f"{rounds} prefills and {len(s['step_s'])} decode steps each; load average {before} before, "
+          f"{after} after): stored / materialized TTFT {ttft:.3f} "
           f"(median {statistics.median(s['ttft_s']):.2f} s vs {statistics.median(m['ttft_s']):.2f} s), "
           f"decode tok/s {decode:.3f} (median step "
           f"{statistics.median(s['step_s']):.3f} s vs {statistics.median(m['step_s']):.3f} s)")
@@ -348,7 +350,8 @@ def main(layers=4, repeats=2, ckpt=None, out=None, threads=None, conditions=("al
                 f"{ratios['ttft_vs_transformers_default']:.3f}"),
                ("a load that cannot fit fails within 2 s", check["message"] is not None and check["check_s"] <= 2,
                 f"{check['check_s']:.2f} s")]
-    print("\npaired ratios (median over pairs): " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items()))
+    print("\npaired ratios (medians of the ratios of runs taken together): "
+          + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items()))
     for label, ok, figure in targets:
         print(f"  [{'met' if ok else 'NOT met'}] {label}: {figure}")
     print(f"  memory check message: {check['message']}")
