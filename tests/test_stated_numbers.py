@@ -383,6 +383,13 @@ def leaves(obj):
     return []
 
 
+def anatomies(obj):
+    """The anatomies of a decode step (one weight read as float32 and widened) anywhere in a results file."""
+    if isinstance(obj, dict):
+        return ([obj] if "f32_gemv_gbs" in obj else []) + [a for x in obj.values() for a in anatomies(x)]
+    return []
+
+
 def paired_ratios(results):
     """The medians of minillava / transformers over the pairs of runs taken side by side, per figure."""
     runs = results.get("runs", {})
@@ -428,9 +435,8 @@ def readme_sources():
     bench = [json.loads(p.read_text()) for p in (ROOT / "benchmarks").glob("results-*.json")]
     speed = [x for b in bench for x in leaves(b) + paired_ratios(b)]
     c7 = config_7b()[0].text_config
-    anatomy = json.loads((ROOT / "benchmarks" / "results-7b-slice.json").read_text())["paired"]["anatomy"]
-    speed += [c7.vocab_size * c7.hidden_size * 4 / 1e9,  # GB: the float32 buffer the lm_head is widened into
-              anatomy["f32_gemv_gbs"] / 4]  # G float32 values/s from GB/s
+    speed += [c7.vocab_size * c7.hidden_size * 4 / 1e9]  # GB: the float32 buffer the lm_head is widened into
+    speed += [a["f32_gemv_gbs"] / 4 for b in bench for a in anatomies(b)]  # G float32 values/s from GB/s
     tests_llava = (ROOT / "tests" / "test_llava.py").read_text()
     llava_tolerance = float(re.search(r"^ATOL = ([\d.e-]+)", tests_llava, re.M).group(1))
     bf16_tolerance = float(re.search(r"\(torch\.bfloat16, ([\d.]+)\)", tests_llava).group(1))
