@@ -25,6 +25,7 @@ loop started for the timed part and stopped after it), since a machine with a ne
     python benchmarks/bench.py --size 7b-slice --paired-only --beside alone   # or busy, or alone,busy
 """
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -176,7 +177,7 @@ def child_paired(folder, out, threads, rounds, busy):
     models = {"stored": minillava.load_model(folder),
               "materialized": minillava.load_model(folder, weights="materialized")}
     order = list(models)
-    res = {k: {"ttft_s": [], "step_s": []} for k in models}
+    res = {k: {"ttft_s": [], "step_s": [], "ttft_page_reads": [], "step_page_reads": []} for k in models}
     with torch.no_grad():
         for k in order:  # untimed: page the mapped file in, and let the first call of each shape check its blocks
             cache = models[k].new_cache(1, ids.shape[1] + 1)
@@ -189,14 +190,16 @@ def child_paired(folder, out, threads, rounds, busy):
             for r in range(rounds):  # the order alternates, so neither mode always runs first
                 for k in (order if r % 2 == 0 else order[::-1]):
                     caches[k] = models[k].new_cache(1, ids.shape[1] + len(steps))
-                    t = time.perf_counter()
+                    t, reads = time.perf_counter(), page_reads()
                     int(models[k](ids, pv, cache=caches[k], start_pos=0, logits_to_keep=1)[0, -1].argmax())
                     res[k]["ttft_s"].append(time.perf_counter() - t)
+                    res[k]["ttft_page_reads"].append(page_reads() - reads)
                 for i, tok in enumerate(steps):
                     for k in (order if (r + i) % 2 == 0 else order[::-1]):
-                        t = time.perf_counter()
+                        t, reads = time.perf_counter(), page_reads()
                         int(models[k](tok.view(1, 1), cache=caches[k], start_pos=ids.shape[1] + i)[0, -1].argmax())
                         res[k]["step_s"].append(time.perf_counter() - t)
+                        res[k]["step_page_reads"].append(page_reads() - reads)
             # the anatomy of a decode step on one 11008 x 4096 weight: float32 read whole, or float16 widened
             w16 = models["stored"].language_model.model.layers[0].mlp.gate_proj.weight
             w32, x = w16.float(), torch.randn(1, w16.shape[1])
@@ -212,10 +215,23 @@ def child_paired(folder, out, threads, rounds, busy):
                                      "threads": torch.get_num_threads(), "busy_pid": neighbour and neighbour.pid}))
 
 
+def page_reads():
+    """This process's major page faults so far: pages read back from disk (a mapped file's pages, when the
+    machine's memory is short, are dropped and read again)."""
+    with open("/proc/self/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[9])
+
+
 def read_loadavg():
     """The load averages over 1, 5 and 15 minutes."""
     with open("/proc/loadavg") as f:
         return [float(x) for x in f.read().split()[:3]]
+
+
+def in_a_child(*args):
+    """This script run again in a fresh process with `args`, on this checkout's minillava."""
+    subprocess.run([sys.executable, __file__, *map(str, args)], check=True, cwd=ROOT,
+                   env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def timed(f):
@@ -229,8 +245,7 @@ def paired(folder, threads, rounds=4, busy=False):
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "paired.json"
-        subprocess.run([sys.executable, __file__, "--paired", str(folder), str(out), str(threads or 0), str(rounds),
-                        str(int(busy))], check=True, cwd=ROOT)
+        in_a_child("--paired", folder, out, threads or 0, rounds, int(busy))
         got = json.loads(out.read_text())
     s, m = got["runs"]["stored"], got["runs"]["materialized"]
     ttft = statistics.median(a / b for a, b in zip(s["ttft_s"], m["ttft_s"]))
@@ -242,7 +257,8 @@ def paired(folder, threads, rounds=4, busy=False):
           f"{after} after): stored / materialized TTFT {ttft:.3f} "
           f"(median {statistics.median(s['ttft_s']):.2f} s vs {statistics.median(m['ttft_s']):.2f} s), "
           f"decode tok/s {decode:.3f} (median step "
-          f"{statistics.median(s['step_s']):.3f} s vs {statistics.median(m['step_s']):.3f} s)")
+          f"{statistics.median(s['step_s']):.3f} s vs {statistics.median(m['step_s']):.3f} s); pages read back from "
+          f"disk: stored {sum(s['ttft_page_reads'])} in prefills, {sum(s['step_page_reads'])} in decode steps")
     print(f"one 11008 x 4096 weight, one token: float32 {a['f32_gemv_ms']:.1f} ms "
           f"(read at {a['f32_gemv_gbs']:.1f} GB/s), float16 widened {a['widened_gemv_ms']:.1f} ms (best of 15)")
     return {"ttft_vs_materialized": ttft, "decode_vs_materialized": decode, **got}
@@ -272,9 +288,8 @@ BYTES = {"minillava stored": 2, "minillava materialized": 4, "minillava float16"
 
 def run(folder, config, tmp, threads):
     out = Path(tmp) / (config.replace(" ", "_") + ".json")
-    cmd = [sys.executable, __file__, "--child", config, str(folder), str(out), str(threads or 0)]
-    subprocess.run(cmd, check=True, cwd=ROOT, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
-    return json.loads(out.read_text()), torch.load(str(out) + ".pt")
+    in_a_child("--child", config, folder, out, threads or 0)
+    return json.loads(out.read_text()), torch.load(str(out) + ".pt", weights_only=True)
 
 
 SPEED_TARGETS = {"alone": 0.95, "busy": 0.80}  # decode tok/s, stored / materialized, at least
@@ -317,7 +332,7 @@ def main(layers=4, repeats=2, ckpt=None, out=None, threads=None, conditions=("al
             for c in CONFIGS:
                 res[c][-1]["max_diff"] = float((logits[c] - logits["transformers float32"]).abs().max())
         check_out = Path(tmp) / "check.json"
-        subprocess.run([sys.executable, __file__, "--check", str(folder), str(check_out)], check=True, cwd=ROOT)
+        in_a_child("--check", folder, check_out)
         check = json.loads(check_out.read_text())
     pairs, speed_targets = speed(folder, threads, conditions, rounds)
     med = {c: {k: statistics.median(f[k] for f in res[c]) for k in res[c][0] if k != "dtype"} for c in CONFIGS}
