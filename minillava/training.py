@@ -69,15 +69,16 @@ ROLES = {"human": "user", "gpt": "assistant"}
 
 # --- a batch of records --------------------------------------------------------------------------------------
 
-def batch(processor, records, image_folder=None, format="vicuna_v1", max_length=None, pad_images=True):
+def batch(processor, records, image_folder=None, format="vicuna_v1", max_length=None, pad_images=True, numbers=None):
     """LLaVA instruction records -> {"input_ids", "attention_mask", "pixel_values" (None when no record has an
-    image), "labels"}, right-padded, labels -100 where there is no loss. See the module docstring."""
+    image), "labels"}, right-padded, labels -100 where there is no loss. See the module docstring.
+    numbers: each record's number in the messages, its place in the data set (default 0, 1, ...)."""
     if format not in FORMATS:
         raise TrainingError(f"format {format!r}, expected one of {FORMATS}")
     if not isinstance(records, (list, tuple)) or not records:
         raise TrainingError(f"records must be a non-empty list of LLaVA records, got {records!r:.80}")
     texts, pixels = [], []
-    for i, record in enumerate(records):
+    for i, record in zip(numbers or range(len(records)), records):
         name, turns, image = check_record(record, i, format)
         texts.append((name, *render_record(processor, turns, format)))
         if image is not None:
