@@ -130,7 +130,8 @@ def train(model, processor, records, *, stage=2, format=None, steps=None, lr=Non
             while len(order) < batch_size:  # a new epoch in a new order
                 order += rng.sample(range(len(records)), len(records))
             chosen, order = order[:batch_size], order[batch_size:]
-            inputs = training.batch(processor, [records[i] for i in chosen], image_folder, format, max_length)
+            inputs = training.batch(processor, [records[i] for i in chosen], image_folder, format, max_length,
+                                    numbers=chosen)
             rate = learning_rate(step, steps, lr, warmup_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = rate
@@ -192,6 +193,14 @@ def save(model, source, out, log=None):
                 shutil.copyfile(source / name, out / name)
         if log is not None:
             write_json(out / LOG, log)
+
+
+def saved_step(out):
+    """The step the folder `out` holds (from its train_log.json), or None when nothing was saved there."""
+    try:
+        return json.loads((Path(out) / LOG).read_text(encoding="utf-8"))["history"][-1]["step"]
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
 
 
 @contextmanager
