@@ -1,11 +1,12 @@
 """The `minillava` command: ask about images, chat, dump every stage's activations, compare two dumps,
-verify a download, convert an original checkpoint.
+verify a download, convert an original checkpoint, fine-tune a checkpoint.
 
     minillava ask --image photo.jpg "What is in this picture?"
     minillava chat --image photo.jpg
     minillava logits --image photo.jpg "What is shown here?" --out stages.safetensors
     minillava compare ref.safetensors mine.safetensors --atol 1e-4 --rtol 1e-4
     minillava verify llava-1.5-7b-hf
+    minillava train --data records.json --images images --out tuned
 
 Without --model, the tiny demo checkpoint that ships inside the package is used. This module is what
 the command line accepts: the flags, what each value may be (argparse names the flag of a value it
@@ -19,7 +20,7 @@ import argparse
 import math
 import sys
 
-from .commands import cmd_ask, cmd_chat, cmd_compare, cmd_convert_original, cmd_logits, cmd_verify
+from .commands import cmd_ask, cmd_chat, cmd_compare, cmd_convert_original, cmd_logits, cmd_train, cmd_verify
 from .errors import DeviceError, MinillavaError
 from .loading import WEIGHTS, resolve_device
 
@@ -49,6 +50,12 @@ Ctrl-C).
   minillava verify llava-1.5-7b-hf
   minillava verify llava-1.5-7b-hf --device cpu --no-reference
 """,
+    "train": f"""examples (records in LLaVA's JSON format: {{"id", "image", "conversations": [...]}}):
+  minillava train --data records.json --images images --out demo-tuned --steps 100 --lr 5e-4
+  minillava train --model llava-tiny --stage 1 --data captions.json --images images --out llava-tiny-aligned
+  minillava train --model llava-tiny --device cuda --data records.json --images images --out tuned --save-every 50
+Then ask the result: minillava ask --model demo-tuned --image {EXAMPLE} "What color is the circle?"
+""",
     "convert-original": """example (the folders downloaded as weights.md's "The original release" says):
   minillava convert-original llava-v1.5-7b clip-vit-large-patch14-336 llava-1.5-7b-converted \\
       --tokenizer llava-1.5-7b-hf/tokenizer.json
@@ -74,7 +81,9 @@ def checked(convert, accept, expected):
 POSITIVE_INT = checked(int, lambda n: n >= 1, "an integer >= 1")
 NATURAL_INT = checked(int, lambda n: n >= 0, "an integer >= 0")
 SEED = checked(int, lambda n: 0 <= n < 2**64, "an integer from 0 to 2**64 - 1")
+POSITIVE = checked(float, lambda x: 0 < x < math.inf, "a finite number > 0")
 NON_NEGATIVE = checked(float, lambda x: 0 <= x < math.inf, "a finite number >= 0")
+FRACTION = checked(float, lambda x: 0 <= x <= 1, "a number from 0 to 1")
 PROBABILITY = checked(float, lambda x: 0 < x <= 1, "a number in (0, 1]")
 
 
@@ -216,7 +225,44 @@ def build_parser():
                       "(default: ORIGINAL/tokenizer.json; the original repositories ship only tokenizer.model)")
     conv.add_argument("--dtype", help="the dtype to write: float16, bfloat16 or float32 (default: the original's, "
                                       "float16)")
+    train_options(command, model)
     return p
+
+
+def train_options(command, model):
+    t = command("train", cmd_train, [model], "fine-tune a checkpoint on LLaVA instruction records (LLaVA-1.5's "
+                                             "recipe) and write a llava-hf folder")
+    t.add_argument("--data", required=True, metavar="FILE", help="the records: a JSON list as LLaVA's "
+                   "llava_v1_5_mix665k.json, or a .jsonl file of one record a line (required)")
+    t.add_argument("--images", metavar="DIR", help="the folder the records' image paths are relative to "
+                                                   "(default: the current folder)")
+    t.add_argument("--out", required=True, metavar="FOLDER", help="the folder to write the fine-tuned checkpoint "
+                                                                  "to: new or empty (required)")
+    t.add_argument("--stage", type=int, default=2, choices=[1, 2], help="1: train the projector (feature "
+                   "alignment); 2: the projector and the decoder (instruction tuning). The vision tower stays frozen")
+    t.add_argument("--format", choices=["plain", "vicuna_v1", "template"], help="how records become tokens and "
+                   "labels: plain (stage 1's captions), vicuna_v1 (stage 2's prompt, the original's), template "
+                   "(the folder's chat template, labelled as transformers' assistant_masks) (default: plain for "
+                   "stage 1, vicuna_v1 for stage 2)")
+    g = t.add_argument_group("schedule (LLaVA-1.5's: AdamW, warm-up then cosine to 0, gradients clipped to 1.0)")
+    g.add_argument("--steps", type=POSITIVE_INT, metavar="N", help="optimizer steps (default: one pass over the "
+                                                                   "records)")
+    g.add_argument("--batch-size", type=POSITIVE_INT, default=16, metavar="N", help="records per step")
+    g.add_argument("--lr", type=POSITIVE, metavar="LR", help="the peak learning rate (default: 1e-3 for stage 1, "
+                                                             "2e-5 for stage 2, as LLaVA-1.5)")
+    g.add_argument("--warmup-ratio", type=FRACTION, default=0.03, metavar="R", help="the share of the steps over "
+                                                                                    "which the rate rises from 0")
+    g.add_argument("--weight-decay", type=NON_NEGATIVE, default=0.0, metavar="W", help="AdamW's weight decay")
+    g.add_argument("--max-length", type=POSITIVE_INT, metavar="N", help="cut each record to N tokens, never inside "
+                                                                        "an image (default: no limit)")
+    g.add_argument("--seed", type=SEED, default=0, help="the order the records are taken in")
+    r = t.add_argument_group("run")
+    r.add_argument("--device", type=device_flag, help="where to train: cpu, cuda, cuda:1, mps (default: cuda when "
+                                                      "available, else cpu). The weights are float32")
+    r.add_argument("--save-every", type=POSITIVE_INT, metavar="N", help="write the folder every N steps too; "
+                   "Ctrl-C keeps the last one written (default: only after the last step)")
+    r.add_argument("--log-every", type=POSITIVE_INT, default=10, metavar="N", help="a log line every N steps when "
+                                                                                   "the output is not a terminal")
 
 
 def main(argv=None, stdin=None, stdout=None):

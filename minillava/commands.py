@@ -13,8 +13,9 @@ from .chat import system_message, user_message
 from .comparison import compare
 from .compiled import compile_seconds
 from .errors import MinillavaError, PromptError
+from .finetune import FORMAT, LR, read_records, saved_step, train
 from .images import load_image
-from .loading import load
+from .loading import DEMO, load, resolve_device
 from .original import convert_original
 from .session import ChatSession
 from .verification import verify
@@ -160,4 +161,39 @@ def cmd_verify(args, out, inp):
 def cmd_convert_original(args, out, inp):
     convert_original(args.original, args.clip, args.out, tokenizer=args.tokenizer, dtype=args.dtype)
     out.write(f"wrote {args.out}\n")
+    return 0
+
+
+def cmd_train(args, out, inp):
+    """Fine-tune with minillava.finetune.train; show its progress; on Ctrl-C say which step the folder holds."""
+    records = read_records(args.data)
+    device = resolve_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, processor = load(args.model, device=device, dtype="float32", weights="materialized", progress=True)
+    lr = args.lr or LR[args.stage]
+    out.write(f"training {args.model or 'the demo'} on {len(records):,} records: stage {args.stage}, format "
+              f"{args.format or FORMAT[args.stage]}, batches of {args.batch_size}, peak lr {lr:g}, on {device}\n")
+    run = train(model, processor, records, stage=args.stage, format=args.format, steps=args.steps, lr=lr,
+                batch_size=args.batch_size, image_folder=args.images, max_length=args.max_length,
+                warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, seed=args.seed,
+                out=args.out, source=args.model or DEMO, save_every=args.save_every)
+    terminal, step, losses = out.isatty(), 0, []
+    try:
+        for log in run:
+            step, steps = log["step"], log["steps"]
+            losses.append(log["loss"])
+            if terminal:  # a bar redrawn in place
+                done = 30 * step // steps
+                out.write(f"\rstep {step}/{steps} [{'#' * done}{'.' * (30 - done)}] loss {log['loss']:.4f} "
+                          f"lr {log['lr']:.2e} {log['seconds']:.2f} s/step")
+            elif step % args.log_every == 0 or step == steps:  # a pipe, a log file, CI: a line now and then
+                out.write(f"step {step}/{steps}  loss {sum(losses) / len(losses):.4f} (mean of {len(losses)})  "
+                          f"lr {log['lr']:.3g}  grad norm {log['grad_norm']:.3g}  {log['seconds']:.2f} s/step\n")
+                losses = []
+            out.flush()
+    except KeyboardInterrupt:
+        saved = saved_step(args.out)
+        kept = f"{args.out} holds step {saved}" if saved else f"nothing was written to {args.out} yet"
+        out.write(f"\nstopped after step {step}; {kept}\n")
+        return 130
+    out.write(("\n" if terminal else "") + f"wrote {args.out} (step {step})\n")
     return 0
