@@ -223,3 +223,33 @@ def test_memory_each_mode_needs(tmp_path):
             size = int(re.search(r"(\d+) GB", machine).group(1)) * 2**30  # RAM and GPUs come in GiB
             # the machine named leaves room: 15% of RAM for the system and other programs, 5% of a GPU for the driver
             assert total < size * (0.85 if device == "cpu" else 0.95), (name, device, mode, machine)
+
+
+def test_fine_tuning_memory():
+    """weights + gradients + AdamW states: float32 4 bytes per parameter + 12 per trained one; bfloat16 mixed
+    precision 2 per parameter + 14 per trained one (bf16 gradient, float32 master copy and AdamW states)."""
+    table = rows("finetune")
+    assert [(r[0], r[1]) for r in table] == [(n, s) for n in NAMES[:2] for s in ("1", "2")]
+    for name, stage, trained, fp32, mixed in table:
+        _, m = model(name)
+        parts = ["multi_modal_projector"] + (["language_model"] if stage == "2" else [])
+        n, t = count(m), sum(count(getattr(m, part)) for part in parts)
+        assert number(trained) == t, name
+        for cell, nbytes in ((fp32, 4 * n + 12 * t), (mixed, 2 * n + 14 * t)):
+            assert number(cell) == nbytes and f"({nbytes / 1e9:.2f} GB)" in cell, (name, stage, cell)
+
+
+def test_activations_with_gradient_checkpointing():
+    """Per 2,048-token sequence: every decoder layer's input in bfloat16, the logits in float32; and the figures
+    for finetune.sh's 16 sequences per GPU."""
+    table = rows("activations")
+    assert [r[0] for r in table] == NAMES[:2]
+    for name, inputs, logits in table:
+        cfg, _ = model(name)
+        t = cfg.text_config
+        for cell, nbytes in ((inputs, t.num_hidden_layers * 2048 * t.hidden_size * 2), (logits, 2048 * t.vocab_size * 4)):
+            assert number(cell) == nbytes and f"({nbytes / 1e9:.2f} GB)" in cell, (name, cell)
+    seven, thirteen = (rows("activations")[i] for i in (0, 1))
+    assert (f"{16 * number(seven[1]) / 1e9:.2f} GB of layer inputs and {16 * number(seven[2]) / 1e9:.2f} GB of logits "
+            f"for 7b, {16 * number(thirteen[1]) / 1e9:.2f} GB and {16 * number(thirteen[2]) / 1e9:.2f} GB for 13b") in \
+        " ".join(DOC.split())
