@@ -116,6 +116,7 @@ def train(model, processor, records, *, stage=2, format=None, steps=None, lr=Non
     if out is not None:
         prepare_folder(out, source)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    optimizer.zero_grad(set_to_none=True)  # no gradient left over from an earlier backward pass
     rng = random.Random(seed)
     torch.manual_seed(seed)
     order = []
