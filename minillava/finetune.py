@@ -49,12 +49,16 @@ def read_records(path):
     except (OSError, UnicodeDecodeError) as e:
         raise TrainingError(f"{path}: cannot read the records ({getattr(e, 'strerror', None) or e})") from None
     try:
-        if path.suffix == ".jsonl":
-            records = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
+        if path.suffix != ".jsonl":
             records = json.loads(text)
+        else:
+            records = []
+            for n, line in enumerate(text.splitlines(), 1):
+                if line.strip():
+                    records.append(json.loads(line))
     except json.JSONDecodeError as e:
-        raise TrainingError(f"{path}: not valid JSON ({e}); expected a list of LLaVA records, or one record "
+        where = f"{path}, line {n}" if path.suffix == ".jsonl" else path
+        raise TrainingError(f"{where}: not valid JSON ({e}); expected a list of LLaVA records, or one record "
                             f"a line in a .jsonl file") from None
     if not isinstance(records, list) or not records:
         raise TrainingError(f"{path}: expected a non-empty list of LLaVA records ({{'id', 'image', "
@@ -181,8 +185,10 @@ def save(model, source, out, log=None):
     dtype = str(model.dtype).removeprefix("torch.")
     for part in (config, config.get("text_config") or {}, config.get("vision_config") or {}):
         for key in ("torch_dtype", "dtype"):  # transformers 4 writes the first, 5 the second
-            if key in part or part is config and key == "torch_dtype" and "dtype" not in config:
+            if key in part:
                 part[key] = dtype
+    if "dtype" not in config:
+        config["torch_dtype"] = dtype
     state = {k: v.to(model.dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
     if model.config.tie_word_embeddings:
         state.pop("language_model.lm_head.weight")  # the embedding matrix again: save_pretrained leaves it out

@@ -185,6 +185,7 @@ def test_read_records(tmp_path):
     (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in RECORDS) + "\n")
     assert finetune.read_records(tmp_path / "r.jsonl") == RECORDS
     for name, text, message in [("bad.json", "[{", "bad.json: not valid JSON"),
+                                ("bad.jsonl", '{"id": 1}\n\n{"id": 2', r"bad.jsonl, line 3: not valid JSON"),
                                 ("dict.json", '{"id": 1}', "dict.json: expected a non-empty list"),
                                 ("empty.json", "[]", "empty.json: expected a non-empty list")]:
         (tmp_path / name).write_text(text)
