@@ -170,12 +170,12 @@ def cmd_train(args, out, inp):
     device = resolve_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, processor = load(args.model, device=device, dtype="float32", weights="materialized", progress=True)
     lr = args.lr or LR[args.stage]
-    out.write(f"training {args.model or 'the demo'} on {len(records):,} records: stage {args.stage}, format "
-              f"{args.format or FORMAT[args.stage]}, batches of {args.batch_size}, peak lr {lr:g}, on {device}\n")
     run = train(model, processor, records, stage=args.stage, format=args.format, steps=args.steps, lr=lr,
                 batch_size=args.batch_size, image_folder=args.images, max_length=args.max_length,
                 warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, seed=args.seed,
-                out=args.out, source=args.model or DEMO, save_every=args.save_every)
+                out=args.out, source=args.model or DEMO, save_every=args.save_every)  # checks all, trains nothing
+    out.write(f"training {args.model or 'the demo'} on {len(records):,} records: stage {args.stage}, format "
+              f"{args.format or FORMAT[args.stage]}, batches of {args.batch_size}, peak lr {lr:g}, on {device}\n")
     terminal, step, losses = out.isatty(), 0, []
     try:
         for log in run:

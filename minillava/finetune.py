@@ -90,9 +90,10 @@ def learning_rate(step, steps, lr, warmup_ratio=0.03):
 def train(model, processor, records, *, stage=2, format=None, steps=None, lr=None, batch_size=16,
           image_folder=None, max_length=None, warmup_ratio=0.03, weight_decay=0.0, max_grad_norm=1.0, seed=0,
           out=None, source=None, save_every=None):
-    """Train `model` in place on `records`; yield a dict after each step: step (1-based), steps, loss, lr,
-    grad_norm (before clipping), seconds (of the step), batch (the indices of its records), saved (True where
-    the folder was written).
+    """Train `model` in place on `records`, one step each time the returned iterator is advanced; it yields a
+    dict after each step: step (1-based), steps, loss, lr, grad_norm (before clipping), seconds (of the step),
+    batch (the indices of its records), saved (True where the folder was written). The settings, the records
+    and their images and the folder to write are checked here, before the first step.
 
     stage: 1 trains the projector, 2 the projector and the decoder (training.trainable). format: "plain",
     "vicuna_v1" or "template" (default: the stage's own, plain or vicuna_v1). steps: default one pass over the
@@ -119,13 +120,19 @@ def train(model, processor, records, *, stage=2, format=None, steps=None, lr=Non
     check_records(records, image_folder, format)
     if out is not None:
         prepare_folder(out, source)
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    optimizer.zero_grad(set_to_none=True)  # no gradient left over from an earlier backward pass
-    rng = random.Random(seed)
-    torch.manual_seed(seed)
-    order = []
     settings = dict(stage=stage, format=format, steps=steps, lr=lr, batch_size=batch_size, warmup_ratio=warmup_ratio,
                     weight_decay=weight_decay, max_grad_norm=max_grad_norm, seed=seed, records=len(records))
+    return _steps(model, processor, records, params, settings, image_folder, max_length, out, source, save_every)
+
+
+def _steps(model, processor, records, params, settings, image_folder, max_length, out, source, save_every):
+    """The loop of `train`, with its checked settings."""
+    steps, batch_size = settings["steps"], settings["batch_size"]
+    optimizer = torch.optim.AdamW(params, lr=settings["lr"], weight_decay=settings["weight_decay"])
+    optimizer.zero_grad(set_to_none=True)  # no gradient left over from an earlier backward pass
+    rng = random.Random(settings["seed"])
+    torch.manual_seed(settings["seed"])
+    order = []
     history = []
     was_training = model.training
     model.train()
@@ -135,15 +142,15 @@ def train(model, processor, records, *, stage=2, format=None, steps=None, lr=Non
             while len(order) < batch_size:  # a new epoch in a new order
                 order += rng.sample(range(len(records)), len(records))
             chosen, order = order[:batch_size], order[batch_size:]
-            inputs = training.batch(processor, [records[i] for i in chosen], image_folder, format, max_length,
-                                    numbers=chosen)
-            rate = learning_rate(step, steps, lr, warmup_ratio)
+            inputs = training.batch(processor, [records[i] for i in chosen], image_folder, settings["format"],
+                                    max_length, numbers=chosen)
+            rate = learning_rate(step, steps, settings["lr"], settings["warmup_ratio"])
             for group in optimizer.param_groups:
                 group["lr"] = rate
             logits = model(inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"])
             loss = training.loss(logits, inputs["labels"])
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, settings["max_grad_norm"])
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             log = dict(step=step + 1, steps=steps, loss=loss.item(), lr=rate, grad_norm=grad_norm.item(),

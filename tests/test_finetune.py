@@ -157,26 +157,26 @@ def tiny(tmp_path_factory):
 def test_bad_settings_fail_before_the_first_step(tiny, record_images, kwargs, message):
     _, model, processor = tiny
     with pytest.raises(TrainingError, match=message):
-        next(finetune.train(model, processor, RECORDS, image_folder=record_images, **kwargs))
+        finetune.train(model, processor, RECORDS, image_folder=record_images, **kwargs)
 
 
 def test_a_missing_image_fails_before_the_first_step(tiny, tmp_path):
     _, model, processor = tiny
     with pytest.raises(TrainingError, match=r"record #0 \(id 'two-turns'\): its image .*wide.png does not exist"):
-        next(finetune.train(model, processor, RECORDS, image_folder=tmp_path))
+        finetune.train(model, processor, RECORDS, image_folder=tmp_path)
 
 
 def test_the_folder_to_write_is_checked_before_the_first_step(tiny, tmp_path, record_images):
     folder, model, processor = tiny
     run = dict(image_folder=record_images, steps=1)
     with pytest.raises(TrainingError, match="is the folder the model was loaded from"):
-        next(finetune.train(model, processor, RECORDS, out=folder, source=folder, **run))
+        finetune.train(model, processor, RECORDS, out=folder, source=folder, **run)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "notes.txt").write_text("mine")
     with pytest.raises(TrainingError, match="full: not empty; give a new folder"):
-        next(finetune.train(model, processor, RECORDS, out=tmp_path / "full", source=folder, **run))
+        finetune.train(model, processor, RECORDS, out=tmp_path / "full", source=folder, **run)
     with pytest.raises(TrainingError, match="the checkpoint folder the model was loaded from is needed"):
-        next(finetune.train(model, processor, RECORDS, out=tmp_path / "new", **run))
+        finetune.train(model, processor, RECORDS, out=tmp_path / "new", **run)
 
 
 def test_read_records(tmp_path):

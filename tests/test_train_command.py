@@ -90,7 +90,9 @@ def test_unusable_data_and_folders_are_one_line(data, tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps([{"id": "q", "conversations": [{"from": "gpt", "value": "Hi"}]}]))
     one_line_error(*run("train", "--data", str(tmp_path / "bad.json"), "--out", str(tmp_path / "o"))[::2],
                    "record #0 (id 'q'), turn 0: from 'gpt', expected 'human'")
-    one_line_error(*train(data, model)[::2], "is the folder the model was loaded from")
+    code, out, err = train(data, model)
+    one_line_error(code, err, "is the folder the model was loaded from")
+    assert not out  # refused before anything is said about a run
     one_line_error(*run("train", "--model", str(model), "--data", str(records), "--out", str(tmp_path / "o"))[::2],
                    "record #0 (id 'two-turns'): its image wide.png does not exist")
     assert run("train", "--out", "o")[0] == 2  # --data is required
