@@ -247,7 +247,8 @@ def test_activations_with_gradient_checkpointing():
     for name, inputs, logits in table:
         cfg, _ = model(name)
         t = cfg.text_config
-        for cell, nbytes in ((inputs, t.num_hidden_layers * 2048 * t.hidden_size * 2), (logits, 2048 * t.vocab_size * 4)):
+        layer_inputs = t.num_hidden_layers * 2048 * t.hidden_size * 2  # bfloat16
+        for cell, nbytes in ((inputs, layer_inputs), (logits, 2048 * t.vocab_size * 4)):
             assert number(cell) == nbytes and f"({nbytes / 1e9:.2f} GB)" in cell, (name, cell)
     seven, thirteen = (rows("activations")[i] for i in (0, 1))
     assert (f"{16 * number(seven[1]) / 1e9:.2f} GB of layer inputs and {16 * number(seven[2]) / 1e9:.2f} GB of logits "
