@@ -446,9 +446,9 @@ def readme_sources():
                              for f in ("test_training_loss.py", "test_training_labels.py"))
     training = [float(x) for x in re.findall(r"<= (\d+e-\d+)", training_tests)]  # tolerances
     training += [int(x) for x in re.findall(r"in range\((\d+)\)", training_tests)]  # conversations drawn
-    fine_tuning = [128 + signal.SIGINT]  # Ctrl-C's exit status
+    fine_tuning = as_numbers([128 + signal.SIGINT])  # Ctrl-C's exit status
     notebook = nbformat.read(NOTEBOOKS / "08_training.ipynb", as_version=4)  # what the fine-tune printed
-    fine_tuning += [n[1] for c in notebook.cells for o in c.get("outputs", []) for n in numbers(o.get("text", ""))]
+    fine_tuning += [n for c in notebook.cells for o in c.get("outputs", []) for n in numbers(o.get("text", ""))]
     template_tests = importlib.import_module("tests.test_template")
     template_limits = [len(template_tests.HOSTILE), limits.MAX_TEXT / 1e6, limits.MAX_SECONDS]
     return {"Set up, run, test": as_numbers([float(torch_minimum)]) + [("3.10", 3.10, 0, False)] + as_numbers(floors),
@@ -458,7 +458,7 @@ def readme_sources():
             "The modules": as_numbers(lines),
             'What "the same as transformers" means': as_numbers([llava_tolerance, bf16_tolerance, transformers_minimum,
                                                                  *ids, *training]),
-            "Training": as_numbers(training + fine_tuning),
+            "Training": as_numbers(training) + fine_tuning,
             "Notebooks": dataset_facts(),
             "minillava in your tests": as_numbers([testing.VISION["num_hidden_layers"], testing.VISION["image_size"],
                                                    testing.IMAGE_TOKEN_INDEX, *tolerances]) + numbers(compare_block),
