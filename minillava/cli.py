@@ -51,7 +51,7 @@ Ctrl-C).
   minillava verify llava-1.5-7b-hf --device cpu --no-reference
 """,
     "train": f"""examples (records in LLaVA's JSON format: {{"id", "image", "conversations": [...]}}):
-  minillava train --data records.json --images images --out demo-tuned --steps 100 --lr 5e-4
+  minillava train --data records.json --images images --out demo-tuned --steps 100 --lr 1e-3
   minillava train --model llava-tiny --stage 1 --data captions.json --images images --out llava-tiny-aligned
   minillava train --model llava-tiny --device cuda --data records.json --images images --out tuned --save-every 50
 Then ask the result: minillava ask --model demo-tuned --image {EXAMPLE} "What color is the circle?"
