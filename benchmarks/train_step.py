@@ -169,9 +169,10 @@ def main():
                    + (f", {torch.cuda.get_device_name()}" if a.device.startswith("cuda") else ""),
         "steps_per_process": a.steps, "first_loss": first[0],
         "median": {i: {k: statistics.median(v) for k, v in runs[i].items()} for i in impls},
-        "ratio": {k: statistics.median(m / t for m, t in zip(runs["minillava"][k], runs["transformers"][k]))
-                  for k in runs["minillava"]},
+        "pair_ratios": {k: [m / t for m, t in zip(runs["minillava"][k], runs["transformers"][k])]
+                        for k in runs["minillava"]},
         "runs": runs}
+    summary["ratio"] = {k: statistics.median(v) for k, v in summary["pair_ratios"].items()}
     Path(a.out).write_text(json.dumps(summary, indent=2) + "\n")
     m, t, ratio = summary["median"]["minillava"], summary["median"]["transformers"], summary["ratio"]
     print(f"\n{a.size} checkpoint, float32, stage 2 ({trained['minillava']:,} trained parameters), batch "

@@ -19,4 +19,5 @@ def test_train_step_benchmark_smoke(tmp_path):
     result = json.loads(out.read_text())
     for impl in ("minillava", "transformers"):
         assert result["median"][impl]["step_s"] > 0 and result["median"][impl]["peak_mb"] > 0
+    assert len(result["pair_ratios"]["step_s"]) == 1 and result["ratio"]["step_s"] == result["pair_ratios"]["step_s"][0]
     assert result["batch"]["records"] == 2 and result["batch"]["labelled"] > 0 and result["trained_params"] > 0
