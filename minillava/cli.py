@@ -232,7 +232,7 @@ def build_parser():
 def train_options(command, model):
     t = command("train", cmd_train, [model], "fine-tune a checkpoint on LLaVA instruction records (LLaVA-1.5's "
                                              "recipe) and write a llava-hf folder")
-    t.add_argument("--data", required=True, metavar="FILE", help="the records: a JSON list as LLaVA's "
+    t.add_argument("--data", dest="records", required=True, metavar="FILE", help="the records: a JSON list as LLaVA's "
                    "llava_v1_5_mix665k.json, or a .jsonl file of one record a line (required)")
     t.add_argument("--images", metavar="DIR", help="the folder the records' image paths are relative to "
                                                    "(default: the current folder)")

@@ -166,7 +166,7 @@ def cmd_convert_original(args, out, inp):
 
 def cmd_train(args, out, inp):
     """Fine-tune with minillava.finetune.train; show its progress; on Ctrl-C say which step the folder holds."""
-    records = read_records(args.data)
+    records = read_records(args.records)
     device = resolve_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, processor = load(args.model, device=device, dtype="float32", weights="materialized", progress=True)
     lr = args.lr or LR[args.stage]

@@ -26,6 +26,7 @@ import minillava
 from minillava import cli
 from tests.helpers import checkpoints as C
 from tests.test_original import write_original
+from tests.test_train_command import write_records
 
 ROOT = Path(__file__).parent.parent
 DOCS = ["README.md", "weights.md"]
@@ -96,6 +97,8 @@ def run_command(argv, hub):
         maps = [argv[i + 1].split("=") for i in range(len(argv)) if argv[i] == "--map"]
         renames = {ours: theirs for theirs, ours in maps}
         save_file({renames.get(k, k): v for k, v in load_file(argv[2]).items()}, argv[3])
+    if argv[1] == "train":  # on the stand-in records and images, cut short
+        argv = argv + ["--steps", "2", "--batch-size", "2"]
     if not torch.cuda.is_available():
         argv = ["cpu" if a == "cuda" else a for a in argv]
     out, err = io.StringIO(), io.StringIO()
@@ -122,10 +125,13 @@ def run_python(code):
 
 
 @pytest.mark.parametrize("doc", DOCS)
-def test_every_code_block_runs(doc, stand_ins, tmp_path, monkeypatch):
+def test_every_code_block_runs(doc, stand_ins, record_images, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for name in ("llava-1.5-7b-hf", "llava-1.5-13b-hf", "bakLlava-v1-hf"):
         shutil.copytree(stand_ins[f"llava-hf/{name}"], name)
+    shutil.copytree(stand_ins["llava-hf/llava-1.5-7b-hf"], "llava-tiny")  # minillava train's examples
+    write_records(tmp_path)
+    (tmp_path / "images").symlink_to(record_images)
     (tmp_path / "minillava").symlink_to(ROOT / "minillava")
     for name in ("photo.jpg", "photo2.jpg"):
         shutil.copy(ROOT / "minillava" / "demo" / "example.png", name)  # PIL reads by content

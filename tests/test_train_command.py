@@ -21,10 +21,16 @@ from tests.test_training_loss import RECORDS
 def data(tmp_path_factory, record_images):
     """A tiny checkpoint, the records as a JSON file and their image folder."""
     folder = tmp_path_factory.mktemp("train")
+    write_records(folder)
+    return testing.write_checkpoint(folder / "llava-tiny", "gqa"), folder / "records.json", record_images
+
+
+def write_records(folder):
+    """records.json (tests/test_training_loss.py's records) and captions.json (those with an image, one exchange
+    each: stage 1's), their images in the record_images fixture's folder."""
     (folder / "records.json").write_text(json.dumps(RECORDS))
     captions = [{**r, "conversations": r["conversations"][:2]} for r in RECORDS if "image" in r]
     (folder / "captions.json").write_text(json.dumps(captions))
-    return testing.write_checkpoint(folder / "llava-tiny", "gqa"), folder / "records.json", record_images
 
 
 def train(data, out, *flags):
@@ -77,7 +83,7 @@ def test_a_bar_on_a_terminal(data, tmp_path, monkeypatch):
     (["--stage", "3"], ["--stage", "invalid choice: 3"]),
     (["--format", "llava"], ["--format", "invalid choice: 'llava'"]),
     (["--device", "cuda:7"], ["cuda:7"]),
-    (["--max-length", "5"], ["record #2 (id 'caption'): 126 tokens", "max_length 5 would cut into its image's tokens"]),
+    (["--max-length", "5"], ["record #2 (id 'caption'): 127 tokens", "max_length 5 would cut into its image's tokens"]),
 ])
 def test_unusable_flags_are_one_line_naming_them(data, tmp_path, flags, words):
     one_line_error(*train(data, tmp_path / "tuned", *flags)[::2], *words)
