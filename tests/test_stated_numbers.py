@@ -361,7 +361,9 @@ LISTED = {
         593: "the 7b-slice benchmark's prompt: 576 image tokens and a short question",
         1.15: "the memory target: peak RSS within 1.15 x file + 0.5 GB (benchmarks/slice7b.py)", 0.5: "the same",
         0.67: "the benchmark's extrapolation to the full 7b: decode tok/s", 31.3: "the same: materialized float32, GB",
-        27.5: "the same: the 13b, GB"},
+        27.5: "the same: the 13b, GB",
+        0.56: "an earlier training-step run beside other jobs: its pairs' ratios", 1.32: "the same", 1.11: "the same",
+        58: "its shortest step, s", 126: "its longest step, s"},
 }
 
 
