@@ -21,13 +21,12 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench import build_checkpoint, peak_rss_mb  # noqa: E402
+from bench import build_checkpoint, peak_rss_mb, timed  # noqa: E402
 
 IMAGE_TOKEN, PAD = 32000, 32001  # bench.py's checkpoints: llava-hf's ids
 TEXT = [(40, 60), (20, 30)]  # per record: prompt tokens around its image, answer tokens (labelled)
@@ -114,15 +113,7 @@ def child(impl, folder, device, steps):
     step = step_fn(impl, model, params, inputs)
     reset_peak(device)
     first_loss = step()  # warm-up: AdamW's states, kernel choices
-    times = []
-    for _ in range(steps):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        step()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
+    times = [timed(step, device) for _ in range(steps)]
     print(json.dumps({"step_s": statistics.median(times), "peak_mb": peak_mb(device), "first_loss": first_loss,
                       "trained_params": sum(p.numel() for p in params)}))
 
