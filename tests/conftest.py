@@ -1,3 +1,4 @@
+import gc
 import os
 import shutil
 from pathlib import Path
@@ -11,6 +12,15 @@ from tests.helpers.mistakes import IMAGE_ID, TEXT, VISION
 from tests.helpers.tokenizer_files import write_processor_files
 
 torch.set_num_threads(min(4, os.cpu_count() or 1))
+
+
+def pytest_collection_finish(session):
+    # What the run has imported by now (torch, transformers, the test modules: some 400k objects) lives until
+    # its end. Frozen, it leaves the garbage collector's generations, which each full collection would walk
+    # again. On a 2-core runner with slow memory, tests/test_llava.py, test_generation.py and
+    # test_training_loss.py spent 38.6 s of 136 s collecting garbage; frozen, 10.7 s of 80 s.
+    gc.collect()
+    gc.freeze()
 
 
 @pytest.fixture(scope="session")

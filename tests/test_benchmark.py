@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import HANG_S
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -15,7 +17,7 @@ def test_benchmark_smoke(tmp_path):
     out = tmp_path / "bench.json"
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--size", "tiny", "--repeats", "1",
                           "--new-tokens", "24", "--ckpt", str(tmp_path / "ckpt"), "--out", str(out)],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=HANG_S)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "decode tok/s, batch 1" in run.stdout and "ceiling" in run.stdout
     result = json.loads(out.read_text())
@@ -37,7 +39,7 @@ def test_slice_speed_comparison_beside_a_busy_process(tmp_path):
     out = tmp_path / "speed.json"
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), "--size", "7b-slice", "--paired-only",
                           "--beside", "busy", "--rounds", "1", "--ckpt", str(folder), "--out", str(out)],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=HANG_S)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "beside one busy process" in run.stdout and "decode >= 0.80 x materialized" in run.stdout
     got = json.loads(out.read_text())

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.helpers import HANG_S
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -13,7 +15,7 @@ def test_train_step_benchmark_smoke(tmp_path):
     out = tmp_path / "train-step.json"
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train_step.py"), "--size", "tiny", "--rounds",
                           "1", "--steps", "1", "--ckpt", str(tmp_path / "ckpt"), "--out", str(out)],
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=HANG_S)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "step time (s)" in run.stdout and "peak memory of a step (MB)" in run.stdout
     result = json.loads(out.read_text())

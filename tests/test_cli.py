@@ -14,6 +14,7 @@ import torch
 
 import minillava
 from minillava import cli
+from tests.helpers import HANG_S
 
 ROOT = Path(__file__).parent.parent
 
@@ -137,7 +138,7 @@ def test_ctrl_c_in_a_real_chat_process():
         assert p.stdout.readline().startswith("minillava chat")
         assert p.stdout.read(6) == "USER: "  # waiting for input
         p.send_signal(signal.SIGINT)
-        _, err = p.communicate(timeout=60)
+        _, err = p.communicate(timeout=HANG_S)
     finally:
         p.kill()
     assert p.returncode == 130 and "Traceback" not in err and not err, err

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import minillava
+from tests.helpers import HANG_S
 from tests.test_stated_numbers import unaccounted
 
 nbformat = pytest.importorskip("nbformat", reason="the test extra's nbformat/nbclient are not installed here")
@@ -117,7 +118,7 @@ def test_runs_on_the_demo_and_the_solutions_pass(name, monkeypatch):
     # far more (measured 4x slower on 2 loaded cores) than they gain.
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     nb = with_solutions(read(name))
-    NotebookClient(nb, timeout=120, kernel_name="python3", record_timing=False,
+    NotebookClient(nb, timeout=HANG_S, kernel_name="python3", record_timing=False,
                    resources={"metadata": {"path": str(FOLDER)}}).execute()  # raises CellExecutionError
     verdicts = {n: outputs_text(nb.cells[check]).strip() for n, _, check, _ in exercises(nb)}
     assert all(v == "right" for v in verdicts.values()), f"the solutions do not pass their checks: {verdicts}"

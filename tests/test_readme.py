@@ -7,6 +7,7 @@ from pathlib import Path
 
 import minillava
 import minillava.testing
+from tests.helpers import HANG_S
 
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -32,7 +33,7 @@ def test_python_example_runs_on_the_demo(tmp_path):
     code = re.search(r"```python\n(import minillava\n\nmodel, processor = minillava.load.*?)```", README, re.S).group(1)
     example = minillava.DEMO / "example.png"
     code = code.replace('"llava-1.5-7b-hf"', "None").replace('"photo.jpg"', repr(str(example)))
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_S, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip()
 
@@ -43,6 +44,6 @@ def test_pytest_example_runs(tmp_path):
     (tmp_path / "test_my_engine.py").write_text(code, encoding="utf-8")
     env = {**os.environ, "LLAVA_FOLDER": str(minillava.DEMO), "PYTHONPATH": str(ROOT)}
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_my_engine.py"],
-                         capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+                         capture_output=True, text=True, timeout=HANG_S, cwd=tmp_path, env=env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert f"{len(minillava.testing.VARIANTS) + 1} passed" in run.stdout and "skipped" not in run.stdout, run.stdout

@@ -14,6 +14,7 @@ import minillava
 from minillava import ChatSession, ImageError, PromptError
 from minillava.chat import system_message, user_message
 from minillava.generation import generate
+from tests.helpers import HANG_S
 from tests.helpers import checkpoints as C
 
 
@@ -115,7 +116,7 @@ def test_settings_are_checked_when_the_session_is_made(loaded):
 def run_cli(*args, stdin=None):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, "-m", "minillava", *args], input=stdin, capture_output=True, text=True,
-                          env=env, timeout=120)
+                          env=env, timeout=HANG_S)
 
 
 def test_cli_ask_streams_the_same_answer_as_the_api(folder, loaded, photos):

@@ -11,6 +11,7 @@ from safetensors import safe_open
 import minillava
 from minillava import testing
 from minillava.original import convert_original, load_original
+from tests.helpers import HANG_S
 
 CONVERSATION = [{"role": "user", "content": [{"type": "image"},
                                              {"type": "text", "text": "What colour is the square on the left?"}]}]
@@ -96,5 +97,5 @@ def test_seeded(tmp_path):
 def test_transformers_is_never_imported_by_the_package():
     code = ("import sys, minillava, minillava.testing, minillava.comparison, minillava.verification, minillava.cli\n"
             "assert 'transformers' not in sys.modules, 'imported'\n")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_S)
     assert run.returncode == 0, run.stderr[-2000:]

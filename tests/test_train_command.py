@@ -13,6 +13,7 @@ import pytest
 
 import minillava
 from minillava import cli, finetune, testing
+from tests.helpers import HANG_S
 from tests.test_cli import EXAMPLE, one_line_error, run
 from tests.test_training_loss import RECORDS
 
@@ -117,7 +118,7 @@ def test_ctrl_c_keeps_the_last_saved_step(data, tmp_path):
         while not p.stdout.readline().startswith("step 3/"):  # steps 2 and maybe more saved
             pass
         p.send_signal(signal.SIGINT)
-        rest, err = p.communicate(timeout=120)
+        rest, err = p.communicate(timeout=HANG_S)
     finally:
         p.kill()
     assert p.returncode == 130 and not err, err

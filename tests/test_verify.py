@@ -14,6 +14,7 @@ import minillava
 from minillava import CheckpointError, testing
 from minillava.cli import main
 from minillava.original import convert_original
+from tests.helpers import HANG_S
 from tests.test_compare import Buffer
 
 verify_module = sys.modules["minillava.verification"]
@@ -128,7 +129,7 @@ def test_works_without_transformers():
     code = ("import sys; sys.modules['transformers'] = None  # as if not installed\n"
             "from minillava.cli import main\n"
             f"sys.exit(main(['verify', {str(minillava.DEMO)!r}, '--device', 'cpu']))\n")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_S,
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
     assert run.returncode == 0, run.stderr[-2000:]
     assert "transformers is not installed" in run.stdout and "answer: " in run.stdout

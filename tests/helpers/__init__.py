@@ -3,6 +3,12 @@ processor files of a llava-hf folder (tokenizer_files.py)."""
 import pytest
 import transformers
 
+# How long a subprocess, a notebook cell or a process's reply may take before a test calls it hung. Only a hang
+# should fail: on a small shared machine with slow memory (CI runners among them) a fresh process that imports
+# torch and transformers has taken over a minute, a notebook's training cell over two, where a quiet machine
+# takes seconds.
+HANG_S = 1800
+
 TRANSFORMERS = tuple(int(part) for part in transformers.__version__.split(".")[:2])
 
 
