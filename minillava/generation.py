@@ -81,7 +81,7 @@ def sample(logits, temperature=0.0, top_k=0, top_p=1.0, generator=None):
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
-def check_settings(max_new_tokens, temperature, top_k, top_p):
+def check_settings(max_new_tokens, temperature, top_k, top_p, compile=False):
     """A GenerationError naming the first setting outside its range (NaN and infinity included)."""
     if not is_int(max_new_tokens) or max_new_tokens < 1:
         raise GenerationError(f"max_new_tokens = {max_new_tokens!r}, expected an integer >= 1")
@@ -91,6 +91,8 @@ def check_settings(max_new_tokens, temperature, top_k, top_p):
         raise GenerationError(f"top_k = {top_k!r}, expected an integer >= 0 (0 means no top-k filtering)")
     if not is_number(top_p) or not 0 < top_p <= 1:
         raise GenerationError(f"top_p = {top_p!r}, expected a number in (0, 1] (1 means no top-p filtering)")
+    if not isinstance(compile, bool):  # a string such as "no" would be true, and compile
+        raise GenerationError(f"compile = {compile!r}, expected True or False")
 
 
 def is_int(x):  # numpy integers too; True and False are not counts
@@ -142,7 +144,7 @@ def generate_tokens(model, input_ids, pixel_values=None, attention_mask=None, *,
     compile: run the one-token step compiled (minillava/compiled.py), over a StaticKVCache; the prompt stays
     eager. The first step of a shape compiles it, in compiled.compile_seconds(model).
     """
-    check_settings(max_new_tokens, temperature, top_k, top_p)
+    check_settings(max_new_tokens, temperature, top_k, top_p, compile)
     if not is_int(start_pos) or start_pos < 0:
         raise GenerationError(f"start_pos = {start_pos!r}, expected an integer >= 0 (what the cache holds)")
     eos, pad = end_tokens(model.config, eos_token_id, pad_token_id)

@@ -56,7 +56,7 @@ class ChatSession:
 
     def __init__(self, model, processor, system=None, max_new_tokens=256, temperature=0.0, top_k=0, top_p=1.0,
                  generator=None, compile=False):
-        check_settings(max_new_tokens, temperature, top_k, top_p)  # a bad setting fails here, not at a turn
+        check_settings(max_new_tokens, temperature, top_k, top_p, compile)  # a bad setting fails here, not at a turn
         if compile:
             compiled.decoder(model, decode_step)  # whether it can be compiled, checked now (compiled at a turn)
         self.model, self.processor, self.system = model, processor, system

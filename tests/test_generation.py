@@ -146,7 +146,8 @@ def test_a_generated_image_token_is_just_a_token(models):
     (dict(temperature=float("inf")), "temperature = inf"), (dict(top_p=True), "top_p = True"),
     (dict(eos_token_id="</s>"), "eos_token_id = '</s>'"), (dict(eos_token_id=[2, None]), "eos_token_id = [2, None]"),
     (dict(eos_token_id=64), "eos_token_id = 64"), (dict(eos_token_id=[-1]), "eos_token_id = [-1]"),
-    (dict(pad_token_id=-1), "pad_token_id = -1"), (dict(pad_token_id=1.0), "pad_token_id = 1.0")])
+    (dict(pad_token_id=-1), "pad_token_id = -1"), (dict(pad_token_id=1.0), "pad_token_id = 1.0"),
+    (dict(compile="no"), "compile = 'no'"), (dict(compile=1), "compile = 1")])
 def test_generation_settings(tiny_model, kw, culprit):
     raises(GenerationError, culprit, call=lambda: generate(tiny_model, torch.tensor([[1, 2, 3]]), **kw))
 

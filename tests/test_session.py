@@ -111,6 +111,8 @@ def test_settings_are_checked_when_the_session_is_made(loaded):
     model, processor = loaded
     with pytest.raises(minillava.GenerationError, match="top_p = 2"):
         ChatSession(model, processor, top_p=2)
+    with pytest.raises(minillava.GenerationError, match="compile = 'no', expected True or False"):
+        ChatSession(model, processor, compile="no")
 
 
 def run_cli(*args, stdin=None):
