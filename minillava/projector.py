@@ -1,7 +1,7 @@
 """The multimodal projector: maps CLIP features into the decoder's embedding space.
 
-LLaVA-1.5 (Liu et al. 2023, "Improved Baselines with Visual Instruction Tuning", section 3.2)
-replaced LLaVA's single linear layer with this two-layer MLP ("mlp2x_gelu").
+LLaVA-1.5 (Liu et al. 2023, "Improved Baselines with Visual Instruction Tuning", section 3.3, "Scaling the
+Data and Model") replaced LLaVA's single linear layer with this two-layer MLP ("mlp2x_gelu").
 Matches `LlavaMultiModalProjector` in transformers' models/llava/modeling_llava.py.
 """
 import torch.nn as nn
