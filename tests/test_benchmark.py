@@ -54,3 +54,19 @@ def _runs_busy_loop(pid):
         return "ending with the benchmark" in Path(f"/proc/{pid}/cmdline").read_text()
     except OSError:  # gone
         return False
+
+
+def test_widening_benchmark_smoke(tmp_path):
+    """benchmarks/widening.py on a small matrix: the block-wise product it times is checked exact, and it reports
+    every part of a block's cost."""
+    out = tmp_path / "widening.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "widening.py"), "--rows", "256", "--cols", "512",
+                          "--copies", "2", "--repeats", "2", "--out", str(out)],
+                         capture_output=True, text=True, timeout=HANG_S)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "widen from memory + multiply from the cache" in run.stdout
+    got = json.loads(out.read_text())
+    assert set(got["median"]) == {"float32_ms", "stored_ms", "block_widen_from_memory_us", "block_widen_us",
+                                  "block_product_us", "block_copy_us"}
+    assert all(len(v) == 2 and min(v) > 0 for v in got["runs"].values())
+    assert got["block_rows"] == 256 and got["bound_from_blocks"] > 0
