@@ -8,7 +8,8 @@ time from `mm_vision_tower` (openai/clip-vit-large-patch14-336), so you pass tha
 `model.safetensors`, else its `pytorch_model.bin`; the text tower and projections in it are skipped).
 The original code: haotian-liu/LLaVA's llava/model/llava_arch.py (`prepare_inputs_labels_for_multimodal`)
 and llava/mm_utils.py (`tokenizer_image_token`); transformers' own conversion script is
-models/llava/convert_llava_weights_to_hf.py. convert.py reads and converts; prompts.py is the original mode.
+models/llava/convert_llava_weights_to_hf.py. reading.py reads the files, layout.py renames the keys and
+writes the config, convert.py writes a llava-hf folder or loads a model; prompts.py is the original mode.
 
     model = load_original("llava-v1.5-7b", "clip-vit-large-patch14-336")   # a minillava Llava
     convert_original("llava-v1.5-7b", "clip-vit-large-patch14-336", "llava-v1.5-7b-hf")  # a llava-hf folder
@@ -34,16 +35,10 @@ then `minillava.load` of the llava-hf folder keeps the float16 weights as stored
 Pickles: `.bin` files are read only here, only with `torch.load(weights_only=True)`, which refuses
 anything but tensors and plain containers; whatever is not a dict of name -> tensor is refused too.
 """
-from .convert import (
-    clip_key,
-    convert_original,
-    llava_hf_config,
-    load_original,
-    original_key,
-    read_bin,
-    write_processor_files,
-)
+from .convert import convert_original, load_original, write_processor_files
+from .layout import clip_key, llava_hf_config, original_key
 from .prompts import prepare, tokenize_original
+from .reading import read_bin
 
 __all__ = ["load_original", "convert_original", "write_processor_files", "llava_hf_config", "read_bin",
            "original_key", "clip_key", "prepare", "tokenize_original"]
