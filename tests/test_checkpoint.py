@@ -136,7 +136,7 @@ def test_pickled_checkpoints_are_refused_never_unpickled(ckpt, tmp_path):
 
 
 def test_no_pickle_outside_original():
-    """Only minillava/original/convert.py may unpickle, and only with torch.load(weights_only=True)."""
+    """Only minillava/original/reading.py may unpickle, and only with torch.load(weights_only=True)."""
     import ast
     root = Path(minillava.__file__).parent
     for path in root.rglob("*.py"):
@@ -146,7 +146,7 @@ def test_no_pickle_outside_original():
         assert not [c for c in calls if ast.unparse(c.func) in ("eval", "exec")], path
         imports = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         assert not imports & {"joblib", "dill"}
-        if path.relative_to(root).as_posix() == "original/convert.py":
+        if path.relative_to(root).as_posix() == "original/reading.py":
             assert loads and all(ast.unparse(c.func) == "torch.load" and any(
                 k.arg == "weights_only" and ast.unparse(k.value) == "True" for k in c.keywords) for c in loads)
         else:
