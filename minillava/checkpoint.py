@@ -33,7 +33,7 @@ PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "mod
 
 def weight_files(folder, index=INDEX, single=SINGLE):
     """The weight files of a checkpoint folder: the shards named by the index, or the single file.
-    (original/convert.py passes the names of the original release's .bin files.)"""
+    (original/reading.py passes the names of the original release's .bin files.)"""
     folder = Path(folder)
     if (folder / index).is_file():
         try:
