@@ -91,7 +91,7 @@ def check_settings(max_new_tokens, temperature, top_k, top_p, compile=False):
         raise GenerationError(f"top_k = {top_k!r}, expected an integer >= 0 (0 means no top-k filtering)")
     if not is_number(top_p) or not 0 < top_p <= 1:
         raise GenerationError(f"top_p = {top_p!r}, expected a number in (0, 1] (1 means no top-p filtering)")
-    if not isinstance(compile, bool):  # a string such as "no" would be true, and compile
+    if not isinstance(compile, bool):  # "no" or 1 would pass a truth test and compile
         raise GenerationError(f"compile = {compile!r}, expected True or False")
 
 
