@@ -118,8 +118,10 @@ def test_runs_on_the_demo_and_the_solutions_pass(name, monkeypatch):
     # far more (measured 4x slower on 2 loaded cores) than they gain.
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     nb = with_solutions(read(name))
-    NotebookClient(nb, timeout=HANG_S, kernel_name="python3", record_timing=False,
-                   resources={"metadata": {"path": str(FOLDER)}}).execute()  # raises CellExecutionError
+    # a slow runner may take more than nbclient's defaults to start a kernel (60 s) or to deliver a cell's last
+    # output after its reply (4 s; a late output would be lost, and with it a check's verdict)
+    NotebookClient(nb, timeout=HANG_S, startup_timeout=HANG_S, iopub_timeout=120, kernel_name="python3",
+                   record_timing=False, resources={"metadata": {"path": str(FOLDER)}}).execute()  # CellExecutionError
     verdicts = {n: outputs_text(nb.cells[check]).strip() for n, _, check, _ in exercises(nb)}
     assert all(v == "right" for v in verdicts.values()), f"the solutions do not pass their checks: {verdicts}"
     assert not unaccounted(nb), f"numbers in the text that this run's outputs do not print: {unaccounted(nb)}"
