@@ -20,7 +20,7 @@ from tests.helpers import HANG_S
 from tests.test_stated_numbers import unaccounted
 
 nbformat = pytest.importorskip("nbformat", reason="the test extra's nbformat/nbclient are not installed here")
-NotebookClient = pytest.importorskip("nbclient").NotebookClient
+pytest.importorskip("nbclient", reason="the test extra's nbformat/nbclient are not installed here")
 
 FOLDER = Path(__file__).parent.parent / "notebooks"
 README = (FOLDER.parent / "README.md").read_text(encoding="utf-8")
@@ -110,18 +110,12 @@ def with_solutions(nb):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
-def test_runs_on_the_demo_and_the_solutions_pass(name, monkeypatch):
+def test_runs_on_the_demo_and_the_solutions_pass(name):
     if not (minillava.DEMO / "config.json").is_file():
         pytest.skip(f"{minillava.DEMO} holds no checkpoint yet")
-    monkeypatch.delenv("MINILLAVA_CHECKPOINT", raising=False)  # the default: the embedded demo
-    # One thread per kernel: the models are tiny, and on a small shared machine several busy threads cost
-    # far more (measured 4x slower on 2 loaded cores) than they gain.
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     nb = with_solutions(read(name))
-    # a slow runner may take more than nbclient's defaults to start a kernel (60 s) or to deliver a cell's last
-    # output after its reply (4 s; a late output would be lost, and with it a check's verdict)
-    NotebookClient(nb, timeout=HANG_S, startup_timeout=HANG_S, iopub_timeout=120, kernel_name="python3",
-                   record_timing=False, resources={"metadata": {"path": str(FOLDER)}}).execute()  # CellExecutionError
+    # as notebooks/run.py runs it: on the embedded demo, one thread per kernel, limits that only catch a hang
+    runner().execute(nb, timeout=HANG_S)  # raises CellExecutionError
     verdicts = {n: outputs_text(nb.cells[check]).strip() for n, _, check, _ in exercises(nb)}
     assert all(v == "right" for v in verdicts.values()), f"the solutions do not pass their checks: {verdicts}"
     assert not unaccounted(nb), f"numbers in the text that this run's outputs do not print: {unaccounted(nb)}"
