@@ -54,7 +54,7 @@ def main():
     x = torch.randn(1, K)
     for w16, w32 in zip(stored, floats):  # the measured shape's block-wise product, checked once, exact
         assert torch.equal(layers.linear_widened(x, w16), F.linear(x, w32))
-    rows = min(N, layers.ROWS * max(1, round(layers.BLOCK_BYTES / (K * 4 * layers.ROWS))))  # linear_widened's block
+    rows = min(N, layers.block_rows(K, 4))  # linear_widened's block of float32 rows
     block16 = stored[0][:rows].clone()
     block32, half = torch.empty(rows, K), torch.empty(rows, K, dtype=torch.float16)
     out = torch.empty(1, rows)

@@ -73,7 +73,7 @@ def linear_widened(x, weight, bias=None):
     N, K = weight.shape
     x2 = x.reshape(-1, K)  # (M, K): F.linear folds the leading dimensions the same way
     rows = N
-    block = ROWS * max(1, round(BLOCK_BYTES / (K * x.element_size() * ROWS)))
+    block = block_rows(K, x.element_size())
     if x.device.type == "cpu" and x2.shape[0] <= DECODE_ROWS and block < N:
         key = (N, K, block, x2.shape[0], weight.dtype, x.dtype, bias is not None, torch.get_num_threads())
         if key not in _blocks_agree:  # the first call of this shape: measure, answer with the whole product
@@ -82,6 +82,11 @@ def linear_widened(x, weight, bias=None):
             return whole.view(*x.shape[:-1], N)
         rows = block if _blocks_agree[key] else N
     return _product(x2, weight, bias, rows).view(*x.shape[:-1], N)
+
+
+def block_rows(K, element_size):
+    """The rows of one block of a weight with K columns: whole multiples of ROWS, about BLOCK_BYTES widened."""
+    return ROWS * max(1, round(BLOCK_BYTES / (K * element_size * ROWS)))
 
 
 def _product(x2, weight, bias, rows):
