@@ -269,11 +269,13 @@ def address_space_limit(extra):
 def no_collections():
     """The CPU limit is the template's own: a garbage collection that falls due in the rendering thread walks every
     object the test run holds (on a runner with slow memory, seconds), which the template did not spend."""
+    enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
-        gc.enable()
+        if enabled:
+            gc.enable()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and sets RLIMIT_AS")
