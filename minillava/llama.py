@@ -279,7 +279,9 @@ class LlamaForCausalLM(nn.Module):
                 logits_to_keep=0):
         """inputs_embeds (B, T, D) -> logits (B, T', vocab) in the model dtype.
 
-        logits_to_keep: 0 keeps all positions; n keeps the last n (generation needs only the last).
+        logits_to_keep (transformers' argument): 0 keeps all positions; n keeps the last n (generation needs
+        only the last); a 1-D tensor of positions keeps those (training needs only the positions it scores).
         """
         x = self.model(inputs_embeds, attention_mask, position_ids, cache, start_pos)  # (B, T, D)
-        return self.lm_head(x[:, -logits_to_keep:] if logits_to_keep else x)  # (B, T', vocab)
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        return self.lm_head(x[:, keep])  # (B, T', vocab)

@@ -81,7 +81,8 @@ class Llava(nn.Module):
 
     def forward(self, input_ids=None, pixel_values=None, attention_mask=None, position_ids=None, cache=None,
                 start_pos=None, logits_to_keep=0, inputs_embeds=None):
-        """input_ids (B, T) [+ pixel_values (n_images, 3, H, W)] -> logits (B, T, vocab).
+        """input_ids (B, T) [+ pixel_values (n_images, 3, H, W)] -> logits (B, T, vocab), or at the positions
+        logits_to_keep names (the last n, or a tensor of positions: LlamaForCausalLM.forward).
 
         Or inputs_embeds (B, T, D) instead of both (from `embed`, or your own).
         Positions are 0..T-1 as in transformers' forward (start_pos..start_pos+T-1 with a cache).

@@ -10,6 +10,13 @@ parameters each stage trains. A reference for trainers and data pipelines to che
     optimizer.step()
     optimizer.zero_grad()
 
+A step skips most of the vocabulary-wide work when the model gives only the logits the loss reads, at the
+positions before a labelled token (the same loss and gradients, up to the order of float sums):
+
+    keep = training.scored_positions(inputs["labels"])
+    logits = model(inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"], logits_to_keep=keep)
+    loss = training.loss(logits, inputs["labels"], logits_to_keep=keep)
+
 Records are LLaVA's instruction data (LLaVA-Instruct-150K, llava_v1_5_mix665k.json): {"id", "image" (optional,
 a path relative to `image_folder`), "conversations": [{"from": "human" | "gpt", "value": "..."}, ...]}, "<image>"
 in the human value the image belongs to. The formats (haotian-liu/LLaVA, llava/train/train.py):
@@ -262,16 +269,38 @@ def chat_inputs(processor, template, conversation, add_generation_prompt=False, 
 
 # --- the loss, and what each stage trains -------------------------------------------------------------------------
 
-def loss(logits, labels, num_items_in_batch=None):
+def loss(logits, labels, num_items_in_batch=None, logits_to_keep=None):
     """The loss transformers' LlavaForConditionalGeneration(..., labels=labels) returns (its ForCausalLMLoss,
     loss/loss_utils.py): logits (B, T, vocab) in float32, position t scored on token t + 1, labels -100 skipped,
     the mean over the labelled tokens. num_items_in_batch: divide the sum by this count instead, as transformers'
-    Trainer does under gradient accumulation (the labelled tokens of all the micro-batches of one step)."""
+    Trainer does under gradient accumulation (the labelled tokens of all the micro-batches of one step).
+    logits_to_keep: the positions `logits` hold, as the model was given them (`scored_positions`, or n: the last n)."""
     logits = logits.float()
-    target = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:].to(logits.device)  # (B, T): the next token
+    target = next_tokens(labels).to(logits.device)  # (B, T)
+    if logits_to_keep is not None:
+        keep = logits_to_keep
+        target = target[:, slice(-keep, None) if isinstance(keep, int) else keep.to(logits.device)]  # (B, K)
+    if logits.shape[:2] != target.shape:
+        raise TrainingError(f"logits hold {tuple(logits.shape[:2])} (batch, positions), labels {tuple(target.shape)}: "
+                            f"give loss the logits_to_keep the model was given, or logits at every position")
     reduction = "mean" if num_items_in_batch is None else "sum"
     value = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE_INDEX, reduction=reduction)
     return value if num_items_in_batch is None else value / num_items_in_batch
+
+
+def next_tokens(labels):
+    """(B, T) labels -> (B, T): what each position is scored on, the next token's label (-100 after the last)."""
+    return F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+
+
+def scored_positions(labels):
+    """(B, T) labels -> the positions whose next token is labelled in some row, a 1-D tensor: the only logits the
+    loss reads. model(..., logits_to_keep=keep) then loss(logits, labels, logits_to_keep=keep) skips the
+    vocabulary-wide product and softmax everywhere else (the image tokens and the questions: most of a LLaVA
+    sequence). The same loss and gradients, up to the order of float sums; `loss` on every position's logits is
+    the one equal to transformers' to the bit."""
+    scored = (next_tokens(labels) != IGNORE_INDEX).any(0)  # (T,)
+    return torch.arange(labels.shape[1], device=labels.device)[scored]  # (K,)
 
 
 def trainable(model, stage):

@@ -42,10 +42,12 @@ CASES = ([(variant, 2, "vicuna_v1") for variant in testing.VARIANTS] +
          [(variant, stage, format) for variant in ("gqa", "mistral")
           for stage, format in [(1, "plain"), (2, "template")]]
          + [("mha", 1, "vicuna_v1")])
+# the model asked for the scored positions' logits only (training.scored_positions), as `minillava train` does
+KEPT = [(variant, 2, "vicuna_v1") for variant in testing.VARIANTS] + [("gqa", 1, "plain"), ("mistral", 2, "template")]
 
 
-@pytest.mark.parametrize("variant, stage, format", CASES)
-def test_loss_and_gradients_equal_transformers(pairs, record_images, variant, stage, format):
+@pytest.mark.parametrize("variant, stage, format, kept", [c + (False,) for c in CASES] + [c + (True,) for c in KEPT])
+def test_loss_and_gradients_equal_transformers(pairs, record_images, variant, stage, format, kept):
     model, processor, reference = pairs(variant)
     records = [r for r in RECORDS if "image" in r] if format == "plain" else RECORDS
     if format == "plain":
@@ -55,8 +57,11 @@ def test_loss_and_gradients_equal_transformers(pairs, record_images, variant, st
 
     params = training.trainable(model, stage)
     model.zero_grad(set_to_none=True)
-    logits = model(inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"])
-    loss = training.loss(logits, inputs["labels"])
+    keep = training.scored_positions(inputs["labels"]) if kept else 0
+    logits = model(inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"], logits_to_keep=keep)
+    if kept:
+        assert 0 < logits.shape[1] < inputs["labels"].shape[1] / 2  # a few positions: the answers'
+    loss = training.loss(logits, inputs["labels"], logits_to_keep=keep)
     loss.backward()
 
     trained = {name for name, p in model.named_parameters() if p.requires_grad}
@@ -87,6 +92,27 @@ def test_num_items_in_batch_divides_the_sum_as_transformers(pairs, record_images
     assert (training.loss(logits, inputs["labels"], num_items_in_batch=torch.tensor(50)) - want).abs().item() <= 1e-6
     labelled = int((inputs["labels"][:, 1:] != -100).sum())
     assert torch.allclose(training.loss(logits, inputs["labels"], labelled), training.loss(logits, inputs["labels"]))
+
+
+def test_scored_positions_are_those_before_a_labelled_token(pairs, record_images):
+    """The kept logits are the full forward's at those positions, and a loss given logits of the wrong length says
+    what to pass."""
+    model, processor, _ = pairs("gqa")
+    inputs = training.batch(processor, RECORDS, image_folder=record_images)
+    keep = training.scored_positions(inputs["labels"])
+    labelled = (inputs["labels"] != -100).any(0).nonzero().squeeze(1)
+    assert keep.tolist() == sorted(set((labelled - 1).tolist()))
+    with torch.no_grad():
+        every = model(inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"])
+        some = model(inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"], logits_to_keep=keep)
+        last = model(inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"], logits_to_keep=3)
+    torch.testing.assert_close(some, every[:, keep], rtol=1e-6, atol=1e-6)
+    # an int, as the model takes it: the last 3 positions, scored on the labels after them
+    targets = torch.nn.functional.pad(inputs["labels"], (0, 1), value=-100)[:, -3:]
+    want = torch.nn.functional.cross_entropy(every[:, -3:].flatten(0, 1), targets.flatten(), ignore_index=-100)
+    assert want.isfinite() and (training.loss(last, inputs["labels"], logits_to_keep=3) - want).abs() <= 1e-6
+    with pytest.raises(TrainingError, match="logits_to_keep"):
+        training.loss(some, inputs["labels"])
 
 
 def test_each_stage_trains_what_llava_trains(tmp_path):
