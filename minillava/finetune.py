@@ -147,8 +147,9 @@ def _steps(model, processor, records, params, settings, image_folder, max_length
             rate = learning_rate(step, steps, settings["lr"], settings["warmup_ratio"])
             for group in optimizer.param_groups:
                 group["lr"] = rate
-            logits = model(inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"])
-            loss = training.loss(logits, inputs["labels"])
+            keep = training.scored_positions(inputs["labels"])  # logits only where the loss reads them
+            logits = model(inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"], logits_to_keep=keep)
+            loss = training.loss(logits, inputs["labels"], logits_to_keep=keep)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, settings["max_grad_norm"])
             optimizer.step()

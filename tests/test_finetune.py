@@ -25,12 +25,14 @@ def test_learning_rate_is_transformers_cosine_schedule_with_warmup(steps, ratio)
         schedule.step()
 
 
-@pytest.mark.parametrize("variant, tolerance", [("mha", 0.0), ("gqa", 1e-4)])
-def test_steps_equal_transformers_steps(tmp_path, record_images, variant, tolerance):
+@pytest.mark.parametrize("variant", ["mha", "gqa"])
+def test_steps_equal_transformers_steps(tmp_path, record_images, variant):
     """Three steps of finetune.train against three steps written with transformers, on the same batches: AdamW
     (weight decay 0), the cosine schedule with warm-up, gradients clipped to norm 1.0. Every trained weight ends
-    equal (on GQA, where the gradients differ in their last bits, within 1e-4 of how far it moved), and the frozen
-    tower is untouched."""
+    within 1e-4 of how far it moved (the gradients differ in their last bits: finetune asks for the scored
+    positions' logits only; AdamW's first steps turn a last-bit difference in a near-zero gradient into a visible
+    one), and the frozen tower is untouched."""
+    tolerance = 1e-4
     folder = testing.write_checkpoint(tmp_path / variant, variant, seed=3)
     model, processor = minillava.load(folder, weights="materialized")
     records = RECORDS * 2  # batches of 4 out of 6 records: two epochs, mixed with and without images
