@@ -1,6 +1,7 @@
 """One training step, minillava against transformers, on the same checkpoint and the same batch, float32:
 forward, the loss, backward and an AdamW step, with LLaVA-1.5's stage-2 split (projector and decoder trained,
-vision tower frozen).
+vision tower frozen). minillava steps as `minillava train` does, with the logits of the scored positions only
+(training.scored_positions); --every-logit computes them at every position, as transformers does.
 
     python benchmarks/train_step.py                         # the small checkpoint of bench.py: CLIP-L/336 + 16 layers
     python benchmarks/train_step.py --device cuda
@@ -65,15 +66,17 @@ def load(impl, folder, device):
     return model, [p for p in model.parameters() if p.requires_grad]
 
 
-def step_fn(impl, model, params, inputs):
+def step_fn(impl, model, params, inputs, every_logit=False):
     """One step: forward, loss, backward, AdamW. Returns the loss."""
     optimizer = torch.optim.AdamW(params, lr=2e-5, weight_decay=0.0)
     if impl == "minillava":
         from minillava import training
+        keep = None if every_logit else training.scored_positions(inputs["labels"])
 
         def forward():
-            logits = model(inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"])
-            return training.loss(logits, inputs["labels"])
+            logits = model(inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"],
+                           logits_to_keep=0 if keep is None else keep)
+            return training.loss(logits, inputs["labels"], logits_to_keep=keep)
     else:
         def forward():
             return model(**inputs).loss
@@ -101,7 +104,7 @@ def peak_mb(device):
     return peak_rss_mb()
 
 
-def child(impl, folder, device, steps):
+def child(impl, folder, device, steps, every_logit):
     """In a fresh process: load, a warm-up step, `steps` timed steps; prints one JSON line."""
     import transformers  # noqa: F401  both libraries imported first, so that neither pays the other's imports
 
@@ -110,7 +113,7 @@ def child(impl, folder, device, steps):
     cfg = model.config.vision_config
     inputs = {k: v.to(device) for k, v in make_batch(int((cfg.image_size // cfg.patch_size) ** 2),
                                                      cfg.image_size).items()}
-    step = step_fn(impl, model, params, inputs)
+    step = step_fn(impl, model, params, inputs, every_logit)
     reset_peak(device)
     first_loss = step()  # warm-up: AdamW's states, kernel choices
     times = [timed(step, device) for _ in range(steps)]
@@ -124,12 +127,14 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--rounds", type=int, default=3, help="pairs of processes, the order alternating")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per process, after one warm-up step")
+    ap.add_argument("--every-logit", action="store_true",
+                    help="minillava computes the logits at every position (the exact path), not only the scored")
     ap.add_argument("--ckpt", default=None, help="checkpoint folder (built if missing, as bench.py builds it)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results-train-step.json"))
     ap.add_argument("--child", nargs=2, metavar=("IMPL", "FOLDER"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        return child(a.child[0], a.child[1], a.device, a.steps)
+        return child(a.child[0], a.child[1], a.device, a.steps, a.every_logit)
     folder = build_checkpoint(a.size, a.ckpt or Path.home() / ".cache" / "minillava-bench" / f"{a.size}-all")
     impls = ["minillava", "transformers"]
     runs = {i: {"step_s": [], "peak_mb": []} for i in impls}
@@ -137,7 +142,8 @@ def main():
     for r in range(a.rounds):
         for impl in impls if r % 2 == 0 else impls[::-1]:
             out = subprocess.run([sys.executable, __file__, "--device", a.device, "--steps", str(a.steps),
-                                  "--child", impl, str(folder)], capture_output=True, text=True)
+                                  *(["--every-logit"] if a.every_logit else []), "--child", impl, str(folder)],
+                                 capture_output=True, text=True)
             if out.returncode:
                 sys.exit(f"{impl} failed:\n{out.stderr[-3000:]}")
             result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -153,7 +159,9 @@ def main():
     vision = json.loads((Path(folder) / "config.json").read_text())["vision_config"]
     batch = make_batch((vision["image_size"] // vision["patch_size"]) ** 2, vision["image_size"])
     summary = {
-        "size": a.size, "device": a.device, "dtype": "float32", "stage": 2, "trained_params": trained["minillava"],
+        "size": a.size, "device": a.device, "dtype": "float32", "stage": 2,
+        "minillava_logits": "every position" if a.every_logit else "scored positions",
+        "trained_params": trained["minillava"],
         "batch": {"records": len(TEXT), "tokens": list(batch["input_ids"].shape),
                   "labelled": int((batch["labels"] != -100).sum())},
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
