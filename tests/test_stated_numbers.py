@@ -370,6 +370,7 @@ LISTED = {
         27.5: "the same: the 13b, GB",
         80: "benchmarks/train_step.py's batch: its positions before a labelled token (scored_positions)",
         10: "the scored runs' shortest median step, s (10.3 s)", 18: "their longest (17.4 s)",
+        85: "seconds of README tests run beside the fourth scored run (pytest's report)",
         0.56: "an earlier training-step run beside other jobs: its pairs' ratios", 1.32: "the same", 1.11: "the same",
         58: "its shortest step, s", 126: "its longest step, s"},
 }
