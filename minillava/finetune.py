@@ -11,8 +11,10 @@ LLaVA-1.5's recipe (haotian-liu/LLaVA, scripts/v1_5/pretrain.sh and finetune.sh,
 AdamW with weight decay 0 and betas (0.9, 0.999); the learning rate rises linearly over the first 3% of the steps
 and then follows a cosine down to 0 (transformers' get_cosine_schedule_with_warmup); gradients clipped to a global
 norm of 1.0 (the Trainer's max_grad_norm); 1e-3 in stage 1, 2e-5 in stage 2. The labels, the loss and the
-trained parameters are minillava.training's. Records are taken in a fresh seeded random order each epoch;
-a batch may hold the last records of one epoch and the first of the next.
+trained parameters are minillava.training's; the model computes only the logits the loss reads
+(training.scored_positions), so a step equals transformers' up to the order of float sums, not to the bit.
+Records are taken in a fresh seeded random order each epoch; a batch may hold the last records of one epoch and
+the first of the next.
 
 Out of scope: LoRA, DeepSpeed/FSDP and several GPUs, 7b-scale runs (TRL or the original repository do those).
 """
