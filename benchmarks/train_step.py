@@ -71,11 +71,10 @@ def step_fn(impl, model, params, inputs, every_logit=False):
     optimizer = torch.optim.AdamW(params, lr=2e-5, weight_decay=0.0)
     if impl == "minillava":
         from minillava import training
-        keep = None if every_logit else training.scored_positions(inputs["labels"])
+        keep = 0 if every_logit else training.scored_positions(inputs["labels"])  # 0: every position
 
         def forward():
-            logits = model(inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"],
-                           logits_to_keep=0 if keep is None else keep)
+            logits = model(inputs["input_ids"], inputs["pixel_values"], inputs["attention_mask"], logits_to_keep=keep)
             return training.loss(logits, inputs["labels"], logits_to_keep=keep)
     else:
         def forward():

@@ -283,5 +283,12 @@ class LlamaForCausalLM(nn.Module):
         only the last); a 1-D tensor of positions keeps those (training needs only the positions it scores).
         """
         x = self.model(inputs_embeds, attention_mask, position_ids, cache, start_pos)  # (B, T, D)
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        return self.lm_head(x[:, keep])  # (B, T', vocab)
+        return self.lm_head(x[:, kept(logits_to_keep)])  # (B, T', vocab)
+
+
+def kept(logits_to_keep):
+    """transformers' logits_to_keep as an index of the position axis: n -> the last n (0 or None: all of them), a
+    1-D tensor -> the positions it lists. (training.loss picks the labels of the same positions with it.)"""
+    if torch.is_tensor(logits_to_keep):
+        return logits_to_keep
+    return slice(-logits_to_keep, None) if logits_to_keep else slice(None)

@@ -66,6 +66,7 @@ import torch.nn.functional as F
 
 from .chat import VICUNA_V1_SYSTEM
 from .errors import ImageError, PromptError, TokenizerError, TrainingError
+from .llama import kept
 from .template import is_batch, render
 
 FORMATS = ("plain", "vicuna_v1", "template")
@@ -269,17 +270,15 @@ def chat_inputs(processor, template, conversation, add_generation_prompt=False, 
 
 # --- the loss, and what each stage trains -------------------------------------------------------------------------
 
-def loss(logits, labels, num_items_in_batch=None, logits_to_keep=None):
+def loss(logits, labels, num_items_in_batch=None, logits_to_keep=0):
     """The loss transformers' LlavaForConditionalGeneration(..., labels=labels) returns (its ForCausalLMLoss,
     loss/loss_utils.py): logits (B, T, vocab) in float32, position t scored on token t + 1, labels -100 skipped,
     the mean over the labelled tokens. num_items_in_batch: divide the sum by this count instead, as transformers'
     Trainer does under gradient accumulation (the labelled tokens of all the micro-batches of one step).
-    logits_to_keep: the positions `logits` hold, as the model was given them (`scored_positions`, or n: the last n)."""
+    logits_to_keep: the positions `logits` hold, as the model was given them (`scored_positions`, or n: the last n;
+    0, the default: all)."""
     logits = logits.float()
-    target = next_tokens(labels).to(logits.device)  # (B, T)
-    if logits_to_keep is not None:
-        keep = logits_to_keep
-        target = target[:, slice(-keep, None) if isinstance(keep, int) else keep.to(logits.device)]  # (B, K)
+    target = next_tokens(labels).to(logits.device)[:, kept(logits_to_keep)]  # (B, T'): the next token's label
     if logits.shape[:2] != target.shape:
         raise TrainingError(f"logits hold {tuple(logits.shape[:2])} (batch, positions), labels {tuple(target.shape)}: "
                             f"give loss the logits_to_keep the model was given, or logits at every position")
