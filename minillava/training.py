@@ -298,6 +298,9 @@ def scored_positions(labels):
     vocabulary-wide product and softmax everywhere else (the image tokens and the questions: most of a LLaVA
     sequence). The same loss and gradients, up to the order of float sums; `loss` on every position's logits is
     the one equal to transformers' to the bit."""
+    if not torch.is_tensor(labels) or labels.ndim != 2:
+        raise TrainingError(f"labels must be a (batch, length) tensor, as training.batch gives them; got "
+                            f"{tuple(labels.shape) if torch.is_tensor(labels) else type(labels).__name__}")
     scored = (next_tokens(labels) != IGNORE_INDEX).any(0)  # (T,)
     return torch.arange(labels.shape[1], device=labels.device)[scored]  # (K,)
 

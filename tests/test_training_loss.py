@@ -95,8 +95,8 @@ def test_num_items_in_batch_divides_the_sum_as_transformers(pairs, record_images
 
 
 def test_scored_positions_are_those_before_a_labelled_token(pairs, record_images):
-    """The kept logits are the full forward's at those positions, and a loss given logits of the wrong length says
-    what to pass."""
+    """The kept logits are the full forward's at those positions; a loss given logits of the wrong length says
+    what to pass, and labels of the wrong shape are named."""
     model, processor, _ = pairs("gqa")
     inputs = training.batch(processor, RECORDS, image_folder=record_images)
     keep = training.scored_positions(inputs["labels"])
@@ -113,6 +113,8 @@ def test_scored_positions_are_those_before_a_labelled_token(pairs, record_images
     assert want.isfinite() and (training.loss(last, inputs["labels"], logits_to_keep=3) - want).abs() <= 1e-6
     with pytest.raises(TrainingError, match="logits_to_keep"):
         training.loss(some, inputs["labels"])
+    with pytest.raises(TrainingError, match=r"labels must be a \(batch, length\) tensor.*got \(\d+,\)"):
+        training.scored_positions(inputs["labels"][0])
 
 
 def test_each_stage_trains_what_llava_trains(tmp_path):
